@@ -1,0 +1,44 @@
+# Patrol's entry points. `make help` lists them.
+SHELL := /usr/bin/env bash
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: ## Start a local control plane, install Patrol's API and examples, show them
+	@hack/demo.sh
+
+.PHONY: test
+test: ## The whole suite: unit tests, then end-to-end tests on a real apiserver + etcd
+	@hack/test.sh
+
+.PHONY: unit
+unit: ## Unit tests only (no control plane)
+	cargo test --workspace --lib --bins
+
+.PHONY: cluster-up
+cluster-up: ## Start the local control plane in the background; print its kubeconfig
+	@hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane
+	@hack/cluster.sh down
+
+.PHONY: control-plane
+control-plane: ## Build (once) and cache kube-apiserver, kube-controller-manager, kubectl, etcd, helm
+	@hack/build-control-plane.sh all
+
+.PHONY: crds
+crds: ## Regenerate crds/generated from the Rust types
+	cargo run -q -p patrol-api --bin crdgen
+
+.PHONY: build
+build: ## Build patrol-operator and patrol-webhook
+	cargo build --release --bins
+
+.PHONY: lint
+lint: ## rustfmt and clippy
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# Starts and stops Patrol's local control plane: a real etcd and kube-apiserver (plus
+# kube-controller-manager for namespace deletion and garbage collection) on loopback.
+#
+#   hack/cluster.sh up      start in the background (idempotent); prints the kubeconfig path
+#   hack/cluster.sh down    stop everything and remove the state
+#   hack/cluster.sh env     print shell exports for the running cluster
+#   hack/cluster.sh status  exit 0 when the cluster answers /readyz
+#
+# Environment:
+#   PATROL_CLUSTER_DIR          state directory (default: <repo>/.patrol/cluster)
+#   PATROL_USE_EXISTING_CLUSTER when 1, use the cluster $KUBECONFIG points at; start nothing
+#   PATROL_TOKEN_WEBHOOK_TTL    apiserver cache TTL for Patrol's TokenReview answers (default 0s)
+#   PATROL_OWNER_PID            stop the cluster when this process exits (used by tests)
+#
+# The apiserver is started ready for Patrol: it trusts Patrol's webhook serving certificate
+# (generated here, at a port reserved here), asks Patrol to authenticate bearer tokens
+# (--authentication-token-webhook-config-file, v1) and accepts JWTs from Patrol's issuer
+# through a structured authentication configuration. Until Patrol runs, those simply fail
+# over to the other authenticators; the admin client certificate always works.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+dir=${PATROL_CLUSTER_DIR:-$repo/.patrol/cluster}
+log() { printf '[cluster] %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+alive() { [[ -f $dir/$1.pid ]] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
+
+ready() {
+  [[ -f $dir/env ]] || return 1
+  # shellcheck disable=SC1091
+  source "$dir/env"
+  curl -fsS --max-time 2 --cacert "$dir/pki/ca.crt" --cert "$dir/pki/admin.crt" --key "$dir/pki/admin.key" \
+    "https://127.0.0.1:$PATROL_APISERVER_PORT/readyz" >/dev/null 2>&1
+}
+
+# sign NAME SUBJECT [SAN]: a key and a certificate signed by the cluster CA.
+sign() {
+  local name=$1 subject=$2 san=${3:-}
+  local pki=$dir/pki ext=$dir/pki/$name.ext
+  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/$name.key" 2>/dev/null
+  openssl req -new -key "$pki/$name.key" -subj "$subject" -out "$pki/$name.csr" 2>/dev/null
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    if [[ -n $san ]]; then
+      echo "extendedKeyUsage=serverAuth"
+      echo "subjectAltName=$san"
+    else
+      echo "extendedKeyUsage=clientAuth"
+    fi
+  } >"$ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 30 -sha256 -extfile "$ext" -out "$pki/$name.crt" 2>/dev/null
+  rm -f "$pki/$name.csr" "$ext"
+}
+
+make_pki() {
+  local pki=$dir/pki
+  mkdir -p "$pki"
+  openssl ecparam -name prime256v1 -genkey -noout -out "$pki/ca.key" 2>/dev/null
+  openssl req -x509 -new -key "$pki/ca.key" -subj "/CN=patrol-local-ca" -days 30 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -out "$pki/ca.crt" 2>/dev/null
+  sign apiserver "/CN=kube-apiserver" \
+    "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1"
+  sign webhook "/CN=patrol-webhook" "IP:127.0.0.1,DNS:localhost"
+  sign admin "/O=system:masters/CN=patrol-admin"
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  chmod 600 "$pki"/*.key
+}
+
+write_kubeconfig() {
+  local file=$1 server=$2 cert=$3 key=$4
+  cat >"$file" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: patrol-local
+  cluster:
+    server: $server
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $cert
+    client-key: $key
+contexts:
+- name: patrol-local
+  context: {cluster: patrol-local, user: admin, namespace: default}
+current-context: patrol-local
+KUBECONFIG
+}
+
+# wait_for NAME SECONDS COMMAND...: poll until COMMAND succeeds, or show the log and fail.
+wait_for() {
+  local name=$1 seconds=$2; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if ! alive "$name"; then
+      log "$name exited; last lines of $dir/$name.log:"; tail -n 30 "$dir/$name.log" >&2; return 1
+    fi
+    if ((SECONDS > deadline)); then
+      log "$name not ready after ${seconds}s; last lines of $dir/$name.log:"; tail -n 30 "$dir/$name.log" >&2; return 1
+    fi
+    sleep 0.5
+  done
+}
+
+start() { # start NAME COMMAND...: run in its own session, log to NAME.log, record the pid.
+  local name=$1; shift
+  setsid "$@" >"$dir/$name.log" 2>&1 </dev/null &
+  echo $! >"$dir/$name.pid"
+}
+
+up() {
+  if [[ ${PATROL_USE_EXISTING_CLUSTER:-} == 1 ]]; then
+    [[ -n ${KUBECONFIG:-} ]] || { log "PATROL_USE_EXISTING_CLUSTER=1 needs KUBECONFIG"; exit 1; }
+    echo "$KUBECONFIG"; return
+  fi
+  if alive apiserver && ready; then
+    echo "$dir/kubeconfig"; return
+  fi
+  down_quietly
+  local bin; bin=$("$here/build-control-plane.sh" all)
+  mkdir -p "$dir"
+  make_pki
+  local etcd_port etcd_peer api_port webhook_port
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); webhook_port=$(free_port)
+  local ttl=${PATROL_TOKEN_WEBHOOK_TTL:-0s}
+  cat >"$dir/env" <<ENV
+export PATROL_CLUSTER_DIR=$dir
+export PATROL_BIN=$bin
+export PATROL_APISERVER_PORT=$api_port
+export PATROL_WEBHOOK_PORT=$webhook_port
+export PATROL_WEBHOOK_URL=https://127.0.0.1:$webhook_port
+export PATROL_WEBHOOK_CERT=$dir/pki/webhook.crt
+export PATROL_WEBHOOK_KEY=$dir/pki/webhook.key
+export PATROL_CA=$dir/pki/ca.crt
+export PATROL_JWT_AUDIENCE=kubernetes-patrol
+export KUBECONFIG=$dir/kubeconfig
+ENV
+  write_kubeconfig "$dir/kubeconfig" "https://127.0.0.1:$api_port" "$dir/pki/admin.crt" "$dir/pki/admin.key"
+
+  # Kube-apiserver -> Patrol: TokenReview webhook (a kubeconfig whose "cluster" is Patrol).
+  cat >"$dir/token-webhook.kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: patrol
+  cluster:
+    server: https://127.0.0.1:$webhook_port/authenticate
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: kube-apiserver
+  user: {}
+contexts:
+- name: patrol
+  context: {cluster: patrol, user: kube-apiserver}
+current-context: patrol
+KUBECONFIG
+
+  # Kube-apiserver -> Patrol: exchanged JWTs, verified against Patrol's OIDC discovery + JWKS.
+  local ca_pem; ca_pem=$(sed 's/^/        /' "$dir/pki/ca.crt")
+  cat >"$dir/authentication-config.yaml" <<AUTHN
+apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+jwt:
+- issuer:
+    url: https://127.0.0.1:$webhook_port
+    audiences: [kubernetes-patrol]
+    certificateAuthority: |
+$ca_pem
+  claimMappings:
+    username: {claim: sub, prefix: ""}
+    groups: {claim: groups, prefix: ""}
+    uid: {claim: uid}
+    extra:
+    - key: patrol.dev/token-id
+      valueExpression: "has(claims.patrol_tid) ? claims.patrol_tid : ''"
+AUTHN
+
+  log "starting etcd on 127.0.0.1:$etcd_port"
+  start etcd "$bin/etcd" --name patrol --data-dir "$dir/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "patrol=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296 \
+    --log-level warn
+  wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+  log "starting kube-apiserver on 127.0.0.1:$api_port"
+  start apiserver "$bin/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --cert-dir "$dir/pki" --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
+    --client-ca-file "$dir/pki/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --authorization-mode RBAC \
+    --authentication-token-webhook-config-file "$dir/token-webhook.kubeconfig" \
+    --authentication-token-webhook-version v1 \
+    --authentication-token-webhook-cache-ttl "$ttl" \
+    --authentication-config "$dir/authentication-config.yaml" \
+    --endpoint-reconciler-type none --profiling=false --v=1
+  wait_for apiserver 120 ready
+
+  log "starting kube-controller-manager"
+  start controller-manager "$bin/kube-controller-manager" \
+    --kubeconfig "$dir/kubeconfig" --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+    --controllers namespace,garbagecollector,serviceaccount,clusterrole-aggregation \
+    --service-account-private-key-file "$dir/pki/sa.key" --root-ca-file "$dir/pki/ca.crt" \
+    --use-service-account-credentials=false --v=1
+  # The default ServiceAccount appearing proves the controllers run.
+  wait_for controller-manager 60 "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get serviceaccount default -n default
+
+  if [[ -n ${PATROL_OWNER_PID:-} ]]; then
+    # Stop the cluster when the process that asked for it is gone, even if it was killed.
+    setsid bash -c "while kill -0 $PATROL_OWNER_PID 2>/dev/null; do sleep 1; done; '$here/cluster.sh' down" \
+      >/dev/null 2>&1 </dev/null &
+  fi
+  log "ready: kubectl --kubeconfig $dir/kubeconfig get --raw /version"
+  echo "$dir/kubeconfig"
+}
+
+down_quietly() {
+  local name pid
+  for name in controller-manager apiserver etcd; do
+    if [[ -f $dir/$name.pid ]]; then
+      pid=$(cat "$dir/$name.pid")
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  for name in controller-manager apiserver etcd; do
+    if [[ -f $dir/$name.pid ]]; then
+      pid=$(cat "$dir/$name.pid")
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+  done
+  rm -rf "$dir"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down)
+    [[ ${PATROL_USE_EXISTING_CLUSTER:-} == 1 ]] && exit 0
+    down_quietly; log "stopped" ;;
+  env) [[ -f $dir/env ]] && cat "$dir/env" || { log "no cluster at $dir; run: make cluster-up"; exit 1; } ;;
+  status) alive apiserver && ready ;;
+  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+esac

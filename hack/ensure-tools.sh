@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Checks for (and where it can, installs) what Patrol's scripts need on a fresh machine,
+# then builds the control plane into the cache if it is not there yet.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+missing=()
+for tool in cargo go openssl curl python3 setsid; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  apt_pkgs=()
+  for tool in "${missing[@]}"; do
+    case $tool in
+      openssl) apt_pkgs+=(openssl) ;;
+      curl) apt_pkgs+=(curl) ;;
+      python3) apt_pkgs+=(python3) ;;
+      setsid) apt_pkgs+=(util-linux) ;;
+      *) echo "missing $tool: install it (Rust via rustup, Go from go.dev) and retry" >&2; exit 1 ;;
+    esac
+  done
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq "${apt_pkgs[@]}"
+  else
+    echo "missing: ${apt_pkgs[*]}; install them with your package manager" >&2; exit 1
+  fi
+fi
+"$here/build-control-plane.sh" all >/dev/null
