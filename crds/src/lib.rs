@@ -3,6 +3,10 @@
 
 pub mod crd;
 pub mod duration;
+pub mod policy;
+pub mod record;
+pub mod time;
+pub mod token;
 pub mod v1alpha1;
 pub mod validation;
 

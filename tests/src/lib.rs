@@ -15,6 +15,9 @@ use std::{
     time::Duration,
 };
 
+pub mod operator;
+pub mod process;
+
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::{
     api::core::v1::Namespace,

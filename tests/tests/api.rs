@@ -232,6 +232,7 @@ async fn immutable_fields_cannot_change() -> Result<()> {
         ("drop owner", json!({"spec": {"owner": null}}), "spec.owner is immutable once set"),
         ("un-revoke", json!({"spec": {"revoked": false}}), "spec.revoked cannot be set back to false"),
         ("rename secret", json!({"spec": {"secret": {"name": "other"}}}), "spec.secret.name is immutable"),
+        ("drop secret block", json!({"spec": {"secret": null}}), "spec.secret.name is immutable"),
     ];
     for (case, patch, want) in cases {
         let err = api.patch("fixed", &PatchParams::default(), &Patch::Merge(&patch)).await.expect_err(case);

@@ -47,6 +47,10 @@ pub const SCOPE_PATTERN: &str = "^[A-Za-z0-9:._/*-]+$";
         "message": "spec.owner is immutable once set; create a new PersonalAccessToken for another owner",
     },
     {
+        "rule": "(has(self.secret) && has(self.secret.name) ? self.secret.name : '') == (has(oldSelf.secret) && has(oldSelf.secret.name) ? oldSelf.secret.name : '')",
+        "message": "spec.secret.name is immutable",
+    },
+    {
         "rule": "!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)",
         "message": "spec.revoked cannot be set back to false: a revoked token stays revoked; create a new PersonalAccessToken",
     },
@@ -144,17 +148,11 @@ pub enum Retention {
 /// Delivery of the plaintext token.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",
-        "message": "spec.secret.name is immutable",
-    },
-]))]
 pub struct SecretDelivery {
     /// Name of the Secret, in this namespace, that receives the plaintext under key `token`.
     /// Defaults to `<metadata.name>-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
     pub name: Option<String>,
     /// `OneTime` (default) removes the Secret after the reveal window; `Persistent` keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
