@@ -6,6 +6,7 @@
 #   hack/cluster.sh down    stop everything and remove the state
 #   hack/cluster.sh env     print shell exports for the running cluster
 #   hack/cluster.sh status  exit 0 when the cluster answers /readyz
+#   hack/cluster.sh restart-apiserver [SECONDS]  stop the apiserver, wait, start it again
 #
 # Environment:
 #   PATROL_CLUSTER_DIR          state directory (default: <repo>/.patrol/cluster)
@@ -195,20 +196,24 @@ AUTHN
   wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
   log "starting kube-apiserver on 127.0.0.1:$api_port"
-  start apiserver "$bin/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
-    --cert-dir "$dir/pki" --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key" \
-    --client-ca-file "$dir/pki/ca.crt" \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
-    --authorization-mode RBAC \
-    --authentication-token-webhook-config-file "$dir/token-webhook.kubeconfig" \
-    --authentication-token-webhook-version v1 \
-    --authentication-token-webhook-cache-ttl "$ttl" \
-    --authentication-config "$dir/authentication-config.yaml" \
+  local api_args=(
+    --etcd-servers "http://127.0.0.1:$etcd_port"
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port"
+    --cert-dir "$dir/pki" --tls-cert-file "$dir/pki/apiserver.crt" --tls-private-key-file "$dir/pki/apiserver.key"
+    --client-ca-file "$dir/pki/ca.crt"
+    --service-account-issuer https://kubernetes.default.svc.cluster.local
+    --service-account-key-file "$dir/pki/sa.pub" --service-account-signing-key-file "$dir/pki/sa.key"
+    --service-cluster-ip-range 10.0.0.0/24
+    --authorization-mode RBAC
+    --authentication-token-webhook-config-file "$dir/token-webhook.kubeconfig"
+    --authentication-token-webhook-version v1
+    --authentication-token-webhook-cache-ttl "$ttl"
+    --authentication-config "$dir/authentication-config.yaml"
     --endpoint-reconciler-type none --profiling=false --v=1
+  )
+  # Kept so `restart-apiserver` starts it again exactly the same way.
+  printf '%s\n' "$bin/kube-apiserver" "${api_args[@]}" >"$dir/apiserver.args"
+  start apiserver "$bin/kube-apiserver" "${api_args[@]}"
   wait_for apiserver 120 ready
 
   log "starting kube-controller-manager"
@@ -247,12 +252,28 @@ down_quietly() {
   rm -rf "$dir"
 }
 
+# Stops kube-apiserver and starts it again with the same flags (etcd keeps the state), for
+# tests of what happens to Patrol when the apiserver goes away mid-flight.
+restart_apiserver() {
+  alive apiserver || { log "no apiserver running at $dir"; exit 1; }
+  local pid; pid=$(cat "$dir/apiserver.pid")
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  sleep "${1:-0}"
+  local args=(); mapfile -t args <"$dir/apiserver.args"
+  start apiserver "${args[@]}"
+  wait_for apiserver 120 ready
+  log "kube-apiserver restarted"
+}
+
 case "${1:-}" in
   up) up ;;
+  restart-apiserver) restart_apiserver "${2:-0}" ;;
   down)
     [[ ${PATROL_USE_EXISTING_CLUSTER:-} == 1 ]] && exit 0
     down_quietly; log "stopped" ;;
   env) [[ -f $dir/env ]] && cat "$dir/env" || { log "no cluster at $dir; run: make cluster-up"; exit 1; } ;;
   status) alive apiserver && ready ;;
-  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|env|status|restart-apiserver [seconds]" >&2; exit 2 ;;
 esac

@@ -212,7 +212,11 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     let record = |id: &str| o.records.iter().find(|r| r.token_id == id);
     let all_records = |out: &mut Plan| {
         for r in o.records {
-            out.actions.push(Action::DeleteRecord(r.token_id.clone()));
+            let delete = Action::DeleteRecord(r.token_id.clone());
+            // Orphans may already be queued; each record is deleted once.
+            if !out.actions.contains(&delete) {
+                out.actions.push(delete);
+            }
         }
     };
     let owned_secret = o.secret.filter(|s| s.owned);
@@ -255,8 +259,11 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         }
     }
 
-    if let Some(secret) = o.secret.filter(|s| !s.owned) {
-        let _ = secret;
+    if o.secret.is_some_and(|s| !s.owned) {
+        // The conflict blocks delivery only: the current token (and its grace) stays known,
+        // or the next reconcile would take its record for an orphan and delete it.
+        out.status.token_id = old.token_id.clone();
+        out.status.previous = old.previous.clone().filter(|_| previous.is_some());
         let name = secret_name(pat);
         return finish(
             out,
@@ -277,7 +284,17 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             if owned_secret.is_some() {
                 out.actions.push(Action::DeleteSecret);
             }
-            return finish(out, &old, Phase::Expired, "Expired", expired_message(&old), now);
+            // Keep what the expiry recorded (which token, when, and why: Expired or
+            // IdleTimeout), so the status stays as written instead of drifting.
+            out.status.token_id = old.token_id.clone();
+            out.status.issued_at = old.issued_at.clone();
+            out.status.expires_at = old.expires_at.clone();
+            let (reason, message) = old
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY && c.status == "False")
+                .map_or(("Expired", expired_message(&old)), |c| (c.reason.as_str(), c.message.clone()));
+            return finish(out, &old, Phase::Expired, reason, message, now);
         }
         let reason = if old.phase == Some(Phase::Expired) {
             IssueReason::Renewal
@@ -529,4 +546,937 @@ pub fn secret_name(pat: &PersonalAccessToken) -> String {
         .as_ref()
         .and_then(|s| s.name.clone())
         .unwrap_or_else(|| format!("{}-token", pat.metadata.name.as_deref().unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Table tests for [`plan`]: every branch as a named case asserting the exact actions,
+    //! the phase, the conditions (type, status, reason), the requeue and the notes.
+
+    use std::collections::BTreeMap;
+
+    use patrol_api::{
+        policy::PolicySet,
+        v1alpha1::{Expiration, PersonalAccessTokenSpec, Rotation, SecretDelivery, TokenOwner, TokenPolicy},
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    const A: &str = "AAAAAAAAAAAA";
+    const B: &str = "BBBBBBBBBBBB";
+    const X: &str = "XXXXXXXXXXXX";
+    const MIN: i64 = 60;
+    const HOUR: i64 = 3_600;
+    const DAY: i64 = 86_400;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).expect("time")
+    }
+
+    fn ago(secs: i64) -> DateTime<Utc> {
+        now() - chrono::Duration::seconds(secs)
+    }
+
+    fn span(s: i64) -> Duration {
+        Duration::from_secs(u64::try_from(s).expect("positive"))
+    }
+
+    /// Fixture builders in the style of controller-rs (`Thing::test().finalized()`).
+    trait PatFixture: Sized {
+        fn test() -> Self;
+        fn with_status(self, status: PersonalAccessTokenStatus) -> Self;
+        fn with_spec(self, edit: impl FnOnce(&mut PersonalAccessTokenSpec)) -> Self;
+        fn annotated(self, key: &str, value: &str) -> Self;
+        fn persistent(self) -> Self;
+        fn rotation(self, edit: impl FnOnce(&mut Rotation)) -> Self;
+    }
+
+    impl PatFixture for PersonalAccessToken {
+        fn test() -> Self {
+            let mut pat = PersonalAccessToken::new(
+                "laptop",
+                PersonalAccessTokenSpec {
+                    display_name: "laptop kubectl".into(),
+                    owner: Some(TokenOwner { username: "alice".into(), uid: Some("u-1".into()), groups: vec!["dev".into()] }),
+                    ..PersonalAccessTokenSpec::default()
+                },
+            );
+            pat.metadata.namespace = Some("team-a".into());
+            pat.metadata.uid = Some("pat-uid".into());
+            pat.metadata.generation = Some(1);
+            pat
+        }
+
+        fn with_status(mut self, status: PersonalAccessTokenStatus) -> Self {
+            self.status = Some(status);
+            self
+        }
+
+        fn with_spec(mut self, edit: impl FnOnce(&mut PersonalAccessTokenSpec)) -> Self {
+            edit(&mut self.spec);
+            self
+        }
+
+        fn annotated(mut self, key: &str, value: &str) -> Self {
+            self.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+            self
+        }
+
+        fn persistent(self) -> Self {
+            self.with_spec(|s| s.secret.get_or_insert_with(SecretDelivery::default).retention = Some(Retention::Persistent))
+        }
+
+        fn rotation(self, edit: impl FnOnce(&mut Rotation)) -> Self {
+            self.with_spec(|s| edit(s.rotation.get_or_insert_with(Rotation::default)))
+        }
+    }
+
+    /// The record the reconciler writes when it issues `id` for `pat` at `at`.
+    fn issued(pat: &PersonalAccessToken, policy: &EffectivePolicy, id: &str, at: DateTime<Utc>) -> TokenRecord {
+        new_record(pat, policy, id.into(), format!("$argon2id$v=19$m=64,t=1,p=1$c2FsdA${id}"), format!("patrol_{id}_…wxyz"), at)
+    }
+
+    /// The status written once `record` was adopted.
+    fn status_for(record: &TokenRecord) -> PersonalAccessTokenStatus {
+        PersonalAccessTokenStatus {
+            phase: Some(Phase::Active),
+            token_id: Some(record.token_id.clone()),
+            hint: Some(record.hint.clone()),
+            issued_at: Some(to_k8s(record.issued_at)),
+            expires_at: record.expires_at.map(to_k8s),
+            last_rotation_request: record.rotation_request.clone(),
+            observed_generation: Some(1),
+            ..PersonalAccessTokenStatus::default()
+        }
+    }
+
+    fn pending() -> PersonalAccessTokenStatus {
+        PersonalAccessTokenStatus { phase: Some(Phase::Pending), observed_generation: Some(1), ..PersonalAccessTokenStatus::default() }
+    }
+
+    fn delivered(id: &str, at: DateTime<Utc>) -> DeliveredSecret {
+        DeliveredSecret { owned: true, token_id: Some(id.into()), delivered_at: Some(at) }
+    }
+
+    fn foreign() -> DeliveredSecret {
+        DeliveredSecret { owned: false, token_id: None, delivered_at: None }
+    }
+
+    fn no_policy() -> EffectivePolicy {
+        EffectivePolicy::default()
+    }
+
+    /// One TokenPolicy named `baseline` selecting every namespace, as the API would store it.
+    fn governed_by(spec: serde_json::Value) -> EffectivePolicy {
+        let policy: TokenPolicy = serde_json::from_value(json!({
+            "apiVersion": "patrol.dev/v1alpha1",
+            "kind": "TokenPolicy",
+            "metadata": {"name": "baseline"},
+            "spec": spec,
+        }))
+        .expect("policy");
+        let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), "team-a".to_owned())]);
+        let effective = PolicySet::new([policy]).effective_for(&labels);
+        assert_eq!(effective.policies, ["baseline"], "policy applies");
+        effective
+    }
+
+    struct Case {
+        pat: PersonalAccessToken,
+        records: Vec<TokenRecord>,
+        secret: Option<DeliveredSecret>,
+        policy: EffectivePolicy,
+        now: DateTime<Utc>,
+    }
+
+    impl Case {
+        fn new(pat: &PersonalAccessToken) -> Self {
+            Self { pat: pat.clone(), records: Vec::new(), secret: None, policy: no_policy(), now: now() }
+        }
+
+        fn records<const N: usize>(mut self, records: [&TokenRecord; N]) -> Self {
+            self.records = records.into_iter().cloned().collect();
+            self
+        }
+
+        fn secret(mut self, secret: DeliveredSecret) -> Self {
+            self.secret = Some(secret);
+            self
+        }
+
+        fn policy(mut self, policy: &EffectivePolicy) -> Self {
+            self.policy = policy.clone();
+            self
+        }
+
+        fn at(mut self, now: DateTime<Utc>) -> Self {
+            self.now = now;
+            self
+        }
+
+        fn plan(&self) -> Plan {
+            plan(&Observed { pat: &self.pat, records: &self.records, secret: self.secret.as_ref(), policy: &self.policy, now: self.now })
+        }
+    }
+
+    type Cond = (&'static str, &'static str, &'static str);
+
+    /// What a plan must be, exactly (conditions as type, status, reason, in order).
+    #[derive(Clone)]
+    struct Expect {
+        actions: Vec<Action>,
+        phase: Phase,
+        conditions: Vec<Cond>,
+        requeue: Option<Duration>,
+        notes: Vec<(&'static str, bool)>,
+    }
+
+    impl Expect {
+        #[track_caller]
+        fn check(&self, case: &str, plan: &Plan) {
+            assert_eq!(plan.actions, self.actions, "{case}: actions");
+            assert_eq!(plan.status.phase, Some(self.phase), "{case}: phase");
+            let conditions: Vec<(&str, &str, &str)> =
+                plan.status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+            assert_eq!(conditions, self.conditions, "{case}: conditions");
+            assert_eq!(plan.requeue_after, self.requeue, "{case}: requeue_after");
+            let notes: Vec<(&str, bool)> = plan.notes.iter().map(|n| (n.reason, n.warning)).collect();
+            assert_eq!(notes, self.notes, "{case}: notes");
+            assert_eq!(plan.status.last_used_at, None, "{case}: lastUsedAt is the webhook's");
+            assert!(plan.status.conditions.iter().all(|c| c.observed_generation == Some(1)), "{case}: observedGeneration");
+        }
+    }
+
+    fn ready_false(reason: &'static str) -> Vec<Cond> {
+        vec![(READY, "False", reason)]
+    }
+
+    /// Conditions of an Active token: not expiring, compliant, with this Delivered state.
+    fn active(delivered: &'static str, reason: &'static str) -> Vec<Cond> {
+        vec![
+            (EXPIRING_SOON, "False", "NotExpiring"),
+            (DELIVERED, delivered, reason),
+            (POLICY_COMPLIANT, "True", "Compliant"),
+            (READY, "True", "TokenActive"),
+        ]
+    }
+
+    fn condition<'p>(plan: &'p Plan, type_: &str) -> &'p Condition {
+        plan.status.conditions.iter().find(|c| c.type_ == type_).expect("condition present")
+    }
+
+    #[test]
+    fn secret_name_and_rotation_request() {
+        let pat = PersonalAccessToken::test();
+        assert_eq!(secret_name(&pat), "laptop-token");
+        let named = pat.clone().with_spec(|s| s.secret = Some(SecretDelivery { name: Some("ci-pat".into()), ..SecretDelivery::default() }));
+        assert_eq!(secret_name(&named), "ci-pat");
+        assert_eq!(rotation_request(&pat), "spec=;annotation=");
+        let both = pat.rotation(|r| r.requested_at = Some("r1".into())).annotated(ROTATE_ANNOTATION, "x");
+        assert_eq!(rotation_request(&both), "spec=r1;annotation=x");
+    }
+
+    // ---- Revoked -------------------------------------------------------------------------
+
+    #[test]
+    fn revoked_ends_every_record_and_the_owned_secret() {
+        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.grace_period = Some("1d".into()));
+        let a = issued(&pat, &no_policy(), A, ago(2 * DAY));
+        let b = issued(&pat, &no_policy(), B, ago(HOUR));
+        let status = PersonalAccessTokenStatus {
+            previous: Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(ago(-HOUR)) }),
+            ..status_for(&b)
+        };
+        let revoked = pat.with_spec(|s| s.revoked = true).with_status(status);
+
+        let plan = Case::new(&revoked).records([&a, &b]).secret(delivered(B, ago(HOUR))).plan();
+        Expect {
+            actions: vec![Action::DeleteRecord(A.into()), Action::DeleteRecord(B.into()), Action::DeleteSecret],
+            phase: Phase::Revoked,
+            conditions: ready_false("Revoked"),
+            requeue: None,
+            notes: vec![("Revoked", false)],
+        }
+        .check("revoked with records and owned secret", &plan);
+        assert_eq!(plan.status.token_id, None);
+        assert_eq!(plan.status.hint, None);
+        assert_eq!(plan.status.previous, None);
+
+        // A foreign Secret of the same name is never touched.
+        let plan = Case::new(&revoked).records([&b]).secret(foreign()).plan();
+        Expect {
+            actions: vec![Action::DeleteRecord(B.into())],
+            phase: Phase::Revoked,
+            conditions: ready_false("Revoked"),
+            requeue: None,
+            notes: vec![("Revoked", false)],
+        }
+        .check("revoked with a foreign secret", &plan);
+
+        // Once Revoked, nothing is left to do and no second note is published.
+        let first = Case::new(&revoked).at(ago(MIN)).plan();
+        let again = revoked.clone().with_status(first.status.clone());
+        let plan = Case::new(&again).plan();
+        Expect { actions: vec![], phase: Phase::Revoked, conditions: ready_false("Revoked"), requeue: None, notes: vec![] }
+            .check("already revoked", &plan);
+        assert_eq!(plan.status, first.status, "status is stable");
+    }
+
+    // ---- Invalid spec --------------------------------------------------------------------
+
+    #[test]
+    fn invalid_spec_fails_without_acting_on_records() {
+        let pat = PersonalAccessToken::test().persistent();
+        let a = issued(&pat, &no_policy(), A, ago(DAY));
+        let orphan = issued(&pat, &no_policy(), X, ago(MIN));
+        let invalid = pat.with_spec(|s| s.display_name = String::new()).with_status(status_for(&a));
+
+        let plan = Case::new(&invalid).records([&a, &orphan]).secret(delivered(A, ago(DAY))).plan();
+        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("InvalidSpec"), requeue: None, notes: vec![] }
+            .check("invalid spec", &plan);
+        assert!(condition(&plan, READY).message.starts_with("Fix the spec: spec.displayName"), "{}", condition(&plan, READY).message);
+        assert_eq!(plan.status.token_id.as_deref(), Some(A), "the current token stays known");
+        assert_eq!(plan.status.hint.as_deref(), Some(a.hint.as_str()));
+    }
+
+    // ---- Issue and adoption --------------------------------------------------------------
+
+    #[test]
+    fn a_fresh_pat_issues_its_initial_token() {
+        let plan = Case::new(&PersonalAccessToken::test()).plan();
+        Expect {
+            actions: vec![Action::Issue(IssueReason::Initial)],
+            phase: Phase::Pending,
+            conditions: ready_false("Issuing"),
+            requeue: Some(Duration::from_secs(1)),
+            notes: vec![],
+        }
+        .check("fresh", &plan);
+        assert_eq!(plan.status.token_id, None);
+        assert_eq!(plan.status.last_rotation_request, None, "nothing acted upon yet");
+        assert!(plan.status.policies.is_empty());
+    }
+
+    #[test]
+    fn the_token_the_secret_names_is_adopted_once() {
+        // Crash (or the normal stop) after the Secret: status does not name the token yet.
+        let pat = PersonalAccessToken::test().with_status(pending());
+        let a = issued(&pat, &no_policy(), A, ago(1));
+        let case = Case::new(&pat).records([&a]).secret(delivered(A, ago(1)));
+        let plan = case.plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: Some(span(HOUR - 1)), // the reveal window's end
+            notes: vec![("Issued", false)],
+        }
+        .check("adopt initial", &plan);
+        let st = &plan.status;
+        assert_eq!(st.token_id.as_deref(), Some(A));
+        assert_eq!(st.hint.as_deref(), Some(a.hint.as_str()));
+        assert_eq!(st.issued_at, Some(to_k8s(a.issued_at)));
+        assert_eq!(st.expires_at, None);
+        assert_eq!(st.last_rotation_request, a.rotation_request);
+        assert_eq!(st.secret_ref, Some(SecretReference { name: "laptop-token".into() }));
+        assert_eq!(st.previous, None);
+
+        // The next reconcile sees it adopted: no second note, same status.
+        let again = Case { pat: pat.clone().with_status(plan.status.clone()), ..case }.plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: Some(span(HOUR - 1)),
+            notes: vec![],
+        }
+        .check("adopted", &again);
+        assert_eq!(again.status, plan.status);
+    }
+
+    #[test]
+    fn adopting_a_rotated_token_keeps_the_old_one_for_the_grace_period() {
+        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.grace_period = Some("1h".into()));
+        let a = issued(&pat, &no_policy(), A, ago(10 * DAY));
+        let b = issued(&pat, &no_policy(), B, ago(MIN));
+        let grace_end = b.issued_at + chrono::Duration::hours(1);
+        let pat = pat.with_status(status_for(&a));
+
+        let plan = Case::new(&pat).records([&a, &b]).secret(delivered(B, ago(MIN))).plan();
+        let ended = TokenRecord { expires_at: Some(grace_end), ..a.clone() };
+        Expect {
+            actions: vec![Action::UpdateRecord(Box::new(ended))],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: Some(span(HOUR - MIN)),
+            notes: vec![("Rotated", false)],
+        }
+        .check("adopt rotation", &plan);
+        assert_eq!(plan.status.token_id.as_deref(), Some(B));
+        assert_eq!(plan.status.previous, Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(grace_end) }));
+        assert!(plan.notes[0].message.contains(B), "{}", plan.notes[0].message);
+    }
+
+    #[test]
+    fn orphan_records_are_deleted_and_a_token_issued() {
+        // Crash after the record, before the Secret: nobody holds the plaintext.
+        let pat = PersonalAccessToken::test().with_status(pending());
+        let orphan = issued(&pat, &no_policy(), X, ago(MIN));
+        let plan = Case::new(&pat).records([&orphan]).plan();
+        Expect {
+            actions: vec![Action::DeleteRecord(X.into()), Action::Issue(IssueReason::Initial)],
+            phase: Phase::Pending,
+            conditions: ready_false("Issuing"),
+            requeue: Some(Duration::from_secs(1)),
+            notes: vec![],
+        }
+        .check("orphan before first delivery", &plan);
+
+        // The same crash during a rotation: the old token stays, the rotation is retried.
+        let before = PersonalAccessToken::test().persistent().rotation(|r| r.requested_at = Some("r1".into()));
+        let a = issued(&before, &no_policy(), A, ago(DAY));
+        let requested = before.rotation(|r| r.requested_at = Some("r2".into())).with_status(status_for(&a));
+        let orphan = issued(&requested, &no_policy(), X, ago(MIN));
+        let plan = Case::new(&requested).records([&a, &orphan]).secret(delivered(A, ago(DAY))).plan();
+        Expect {
+            actions: vec![Action::DeleteRecord(X.into()), Action::Issue(IssueReason::Rotation)],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("orphan during rotation", &plan);
+        assert_eq!(plan.status.token_id.as_deref(), Some(A));
+    }
+
+    #[test]
+    fn a_foreign_secret_with_the_target_name_fails_without_issuing() {
+        let pat = PersonalAccessToken::test();
+        let plan = Case::new(&pat).secret(foreign()).plan();
+        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("SecretConflict"), requeue: None, notes: vec![] }
+            .check("foreign secret", &plan);
+        assert!(condition(&plan, READY).message.starts_with("Secret laptop-token exists"), "{}", condition(&plan, READY).message);
+    }
+
+    #[test]
+    fn a_foreign_secret_appearing_later_does_not_end_the_current_token() {
+        // The one-time Secret was revealed and removed; someone then creates a Secret of that
+        // name. Delivery is blocked, but the working token (and its grace) must survive.
+        let pat = PersonalAccessToken::test().rotation(|r| r.grace_period = Some("1d".into()));
+        let a = issued(&pat, &no_policy(), A, ago(2 * DAY));
+        let b = issued(&pat, &no_policy(), B, ago(2 * HOUR));
+        let previous = PreviousToken { token_id: A.into(), valid_until: to_k8s(b.issued_at + chrono::Duration::days(1)) };
+        let a = TokenRecord { expires_at: Some(from_k8s(&previous.valid_until)), ..a };
+        let pat = pat.with_status(PersonalAccessTokenStatus { previous: Some(previous.clone()), ..status_for(&b) });
+        let case = Case::new(&pat).records([&a, &b]).secret(foreign());
+
+        let first = case.plan();
+        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("SecretConflict"), requeue: None, notes: vec![] }
+            .check("conflict after issue", &first);
+        assert_eq!(first.status.token_id.as_deref(), Some(B));
+        assert_eq!(first.status.previous, Some(previous));
+
+        let second = Case { pat: pat.clone().with_status(first.status.clone()), ..case }.plan();
+        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("SecretConflict"), requeue: None, notes: vec![] }
+            .check("conflict persists", &second);
+        assert_eq!(second.status, first.status, "status is stable");
+
+        // Once the foreign Secret is gone, the same token is Active again: nothing re-issued.
+        let resolved = Case::new(&pat.with_status(second.status)).records([&a, &b]).plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("False", "Revealed"),
+            requeue: Some(span(22 * HOUR)),
+            notes: vec![],
+        }
+        .check("conflict resolved", &resolved);
+        assert_eq!(resolved.status.token_id.as_deref(), Some(B));
+    }
+
+    #[test]
+    fn a_missing_record_is_replaced() {
+        let pat = PersonalAccessToken::test().persistent();
+        let a = issued(&pat, &no_policy(), A, ago(DAY));
+        let plan = Case::new(&pat.with_status(status_for(&a))).secret(delivered(A, ago(DAY))).plan();
+        Expect {
+            actions: vec![Action::Issue(IssueReason::Replacement)],
+            phase: Phase::Pending,
+            conditions: ready_false("Issuing"),
+            requeue: Some(Duration::from_secs(1)),
+            notes: vec![],
+        }
+        .check("record missing", &plan);
+    }
+
+    // ---- Expiry --------------------------------------------------------------------------
+
+    #[test]
+    fn expiry_ends_the_token() {
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("1h".into()), expires_at: None }))
+            .rotation(|r| r.grace_period = Some("1d".into()));
+        // Expiry is inclusive: issued exactly one ttl ago.
+        let a = issued(&pat, &no_policy(), A, ago(2 * HOUR));
+        let b = issued(&pat, &no_policy(), B, ago(HOUR));
+        assert_eq!(b.expires_at, Some(now()));
+        let status = PersonalAccessTokenStatus {
+            previous: Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(ago(-DAY)) }),
+            ..status_for(&b)
+        };
+        let pat = pat.with_status(status);
+        let orphan = issued(&pat, &no_policy(), X, ago(MIN));
+
+        let plan = Case::new(&pat).records([&a, &b, &orphan]).secret(delivered(B, ago(HOUR))).plan();
+        Expect {
+            actions: vec![
+                Action::DeleteRecord(X.into()),
+                Action::DeleteRecord(A.into()),
+                Action::DeleteRecord(B.into()),
+                Action::DeleteSecret,
+            ],
+            phase: Phase::Expired,
+            conditions: ready_false("Expired"),
+            requeue: None,
+            notes: vec![("Expired", true)],
+        }
+        .check("expired", &plan);
+        assert_eq!(plan.status.token_id.as_deref(), Some(B));
+        assert_eq!(plan.status.expires_at, Some(to_k8s(now())));
+        assert_eq!(plan.status.previous, None);
+        assert!(condition(&plan, READY).message.contains("Rotate it"), "{}", condition(&plan, READY).message);
+    }
+
+    #[test]
+    fn idle_timeout_counts_from_last_use_else_from_issue() {
+        let policy = governed_by(json!({"idleTimeout": "1h"}));
+        let pat = PersonalAccessToken::test().persistent();
+        let used = |at: Option<DateTime<Utc>>, issued_at: DateTime<Utc>| {
+            let a = issued(&pat, &policy, A, issued_at);
+            let status = PersonalAccessTokenStatus { last_used_at: at.map(to_k8s), ..status_for(&a) };
+            (Case::new(&pat.clone().with_status(status)).records([&a]).secret(delivered(A, issued_at)).policy(&policy), a)
+        };
+        let ended = |name: &str, case: Case| {
+            let plan = case.plan();
+            Expect {
+                actions: vec![Action::DeleteRecord(A.into()), Action::DeleteSecret],
+                phase: Phase::Expired,
+                conditions: ready_false("IdleTimeout"),
+                requeue: None,
+                notes: vec![("IdleTimeout", true)],
+            }
+            .check(name, &plan);
+            plan
+        };
+        let alive = |name: &str, case: Case, requeue: i64| {
+            Expect {
+                actions: vec![],
+                phase: Phase::Active,
+                conditions: active("True", "SecretAvailable"),
+                requeue: Some(span(requeue)),
+                notes: vec![],
+            }
+            .check(name, &case.plan());
+        };
+
+        let (case, _) = used(Some(ago(HOUR)), ago(2 * DAY));
+        let plan = ended("unused for the timeout since last use", case);
+        assert!(plan.notes[0].message.contains(&ago(HOUR).to_rfc3339()), "{}", plan.notes[0].message);
+        let (case, _) = used(Some(ago(30 * MIN)), ago(2 * DAY));
+        alive("used recently", case, 30 * MIN);
+        let (case, _) = used(None, ago(HOUR));
+        ended("never used since issue", case);
+        let (case, a) = used(None, ago(30 * MIN));
+        assert_eq!(a.idle_timeout_seconds, Some(3_600));
+        alive("issued recently, never used", case, 30 * MIN);
+    }
+
+    #[test]
+    fn an_expired_token_stays_expired_until_renewed() {
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("1h".into()), expires_at: None }));
+        let a = issued(&pat, &no_policy(), A, ago(HOUR + MIN));
+        let expiry = Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, a.issued_at)).at(ago(MIN)).plan();
+        assert_eq!(expiry.status.phase, Some(Phase::Expired));
+        let expired = pat.clone().with_status(expiry.status.clone());
+
+        let plan = Case::new(&expired).plan();
+        Expect { actions: vec![], phase: Phase::Expired, conditions: ready_false("Expired"), requeue: None, notes: vec![] }
+            .check("expired, nothing left", &plan);
+        assert_eq!(plan.status, expiry.status, "the Expired status is stable");
+
+        let plan = Case::new(&expired).secret(delivered(A, a.issued_at)).plan();
+        Expect {
+            actions: vec![Action::DeleteSecret],
+            phase: Phase::Expired,
+            conditions: ready_false("Expired"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("expired, secret left over", &plan);
+
+        let renewed = expired.clone().annotated(ROTATE_ANNOTATION, "2026-11-28T05:00:00Z");
+        let plan = Case::new(&renewed).plan();
+        Expect {
+            actions: vec![Action::Issue(IssueReason::Renewal)],
+            phase: Phase::Pending,
+            conditions: ready_false("Issuing"),
+            requeue: Some(Duration::from_secs(1)),
+            notes: vec![],
+        }
+        .check("expired, rotation requested", &plan);
+    }
+
+    #[test]
+    fn an_idle_timed_out_token_keeps_its_reason() {
+        let policy = governed_by(json!({"idleTimeout": "1h"}));
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("30d".into()), expires_at: None }));
+        let a = issued(&pat, &policy, A, ago(DAY));
+        let idle = Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, a.issued_at)).policy(&policy).plan();
+        assert_eq!(condition(&idle, READY).reason, "IdleTimeout");
+
+        let plan = Case::new(&pat.with_status(idle.status.clone())).policy(&policy).at(now() + chrono::Duration::minutes(1)).plan();
+        Expect { actions: vec![], phase: Phase::Expired, conditions: ready_false("IdleTimeout"), requeue: None, notes: vec![] }
+            .check("idle timed out, later", &plan);
+        assert_eq!(plan.status, idle.status, "not rewritten as expired at a future instant");
+    }
+
+    // ---- The delivered Secret ------------------------------------------------------------
+
+    #[test]
+    fn one_time_secrets_go_after_the_reveal_window_or_acknowledgement() {
+        let base = PersonalAccessToken::test();
+        let case = |pat: &PersonalAccessToken, delivered_ago: i64, policy: &EffectivePolicy| {
+            let a = issued(pat, policy, A, ago(delivered_ago));
+            Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(delivered_ago))).policy(policy)
+        };
+        let kept = |requeue: i64| Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: Some(span(requeue)),
+            notes: vec![],
+        };
+        let removed = || Expect {
+            actions: vec![Action::DeleteSecret],
+            phase: Phase::Active,
+            conditions: active("False", "Revealed"),
+            requeue: None,
+            notes: vec![("SecretRemoved", false)],
+        };
+
+        let plan = case(&base, 10 * MIN, &no_policy()).plan();
+        kept(50 * MIN).check("within the default window", &plan);
+        assert_eq!(plan.status.secret_ref, Some(SecretReference { name: "laptop-token".into() }));
+
+        let plan = case(&base, 2 * HOUR, &no_policy()).plan();
+        removed().check("past the window", &plan);
+        assert_eq!(plan.status.secret_ref, None);
+        assert!(plan.notes[0].message.contains("reveal window ended"));
+
+        let windowed = base.clone().with_spec(|s| s.secret = Some(SecretDelivery { reveal_window: Some("10m".into()), ..SecretDelivery::default() }));
+        kept(5 * MIN).check("within the spec's window", &case(&windowed, 5 * MIN, &no_policy()).plan());
+        let short = governed_by(json!({"secret": {"maxRevealWindow": "15m"}}));
+        let plan = case(&base, 5 * MIN, &short).plan();
+        Expect { conditions: active("True", "SecretAvailable"), ..kept(10 * MIN) }.check("window capped by policy", &plan);
+
+        let plan = case(&base.clone().annotated(ACKNOWLEDGED_ANNOTATION, A), 10 * MIN, &no_policy()).plan();
+        removed().check("acknowledged", &plan);
+        assert!(plan.notes[0].message.contains("acknowledged"));
+
+        let plan = case(&base.clone().annotated(ACKNOWLEDGED_ANNOTATION, B), 10 * MIN, &no_policy()).plan();
+        kept(50 * MIN).check("acknowledged another token", &plan);
+
+        // Already removed: reported, nothing to do, no note.
+        let a = issued(&base, &no_policy(), A, ago(2 * HOUR));
+        let plan = Case::new(&base.clone().with_status(status_for(&a))).records([&a]).plan();
+        Expect { actions: vec![], phase: Phase::Active, conditions: active("False", "Revealed"), requeue: None, notes: vec![] }
+            .check("already revealed", &plan);
+    }
+
+    #[test]
+    fn persistent_secrets_are_kept_and_replaced_when_deleted() {
+        let pat = PersonalAccessToken::test().persistent().annotated(ACKNOWLEDGED_ANNOTATION, A);
+        let a = issued(&pat, &no_policy(), A, ago(30 * DAY));
+        let pat = pat.with_status(status_for(&a));
+
+        let plan = Case::new(&pat).records([&a]).secret(delivered(A, ago(30 * DAY))).plan();
+        Expect { actions: vec![], phase: Phase::Active, conditions: active("True", "SecretAvailable"), requeue: None, notes: vec![] }
+            .check("persistent kept", &plan);
+        assert_eq!(plan.status.secret_ref, Some(SecretReference { name: "laptop-token".into() }));
+
+        let plan = Case::new(&pat).records([&a]).plan();
+        Expect {
+            actions: vec![Action::Issue(IssueReason::Replacement)],
+            phase: Phase::Active,
+            conditions: active("False", "SecretMissing"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("persistent missing", &plan);
+        assert_eq!(plan.status.secret_ref, None);
+    }
+
+    // ---- Rotation ------------------------------------------------------------------------
+
+    #[test]
+    fn rotation_on_request() {
+        let before = PersonalAccessToken::test().persistent().rotation(|r| r.requested_at = Some("r1".into()));
+        let a = issued(&before, &no_policy(), A, ago(DAY));
+        let requested = |pat: PersonalAccessToken| Case::new(&pat.with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(DAY)));
+        let rotate = Expect {
+            actions: vec![Action::Issue(IssueReason::Rotation)],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: None,
+            notes: vec![],
+        };
+        let stay = Expect { actions: vec![], ..rotate.clone() };
+
+        let plan = requested(before.clone().rotation(|r| r.requested_at = Some("r2".into()))).plan();
+        rotate.check("spec.rotation.requestedAt changed", &plan);
+        assert_eq!(plan.status.last_rotation_request.as_deref(), Some("spec=r1;annotation="), "not acted upon until adopted");
+
+        rotate.check("annotation changed", &requested(before.clone().annotated(ROTATE_ANNOTATION, "now")).plan());
+        stay.check("unchanged", &requested(before.clone()).plan());
+
+        // Crash after delivering the rotated token: it answered the request; no second rotation.
+        let after = before.clone().rotation(|r| r.requested_at = Some("r2".into()));
+        let b = issued(&after, &no_policy(), B, ago(MIN));
+        let plan = Case::new(&after.with_status(status_for(&a))).records([&a, &b]).secret(delivered(B, ago(MIN))).plan();
+        Expect {
+            actions: vec![Action::DeleteRecord(A.into())], // no grace period
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: None,
+            notes: vec![("Rotated", false)],
+        }
+        .check("rotation adopted", &plan);
+        assert_eq!(plan.status.last_rotation_request.as_deref(), Some("spec=r2;annotation="));
+        assert_eq!(plan.status.previous, None);
+    }
+
+    #[test]
+    fn rotation_on_schedule() {
+        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.every = Some("30d".into()));
+        let case = |issued_ago: i64| {
+            let a = issued(&pat, &no_policy(), A, ago(issued_ago));
+            Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(issued_ago)))
+        };
+        Expect {
+            actions: vec![Action::Issue(IssueReason::Rotation)],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("due", &case(31 * DAY).plan());
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: Some(span(DAY)),
+            notes: vec![],
+        }
+        .check("not yet due", &case(29 * DAY).plan());
+    }
+
+    #[test]
+    fn the_previous_token_lives_out_its_grace_period() {
+        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.grace_period = Some("1h".into()));
+        let case = |b_ago: i64| {
+            let b = issued(&pat, &no_policy(), B, ago(b_ago));
+            let grace_end = b.issued_at + chrono::Duration::hours(1);
+            let a = TokenRecord { expires_at: Some(grace_end), ..issued(&pat, &no_policy(), A, ago(10 * DAY)) };
+            let previous = PreviousToken { token_id: A.into(), valid_until: to_k8s(grace_end) };
+            let status = PersonalAccessTokenStatus { previous: Some(previous), ..status_for(&b) };
+            Case::new(&pat.clone().with_status(status)).records([&a, &b]).secret(delivered(B, ago(b_ago)))
+        };
+
+        let plan = case(10 * MIN).plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: Some(span(50 * MIN)),
+            notes: vec![],
+        }
+        .check("within grace", &plan);
+        assert_eq!(plan.status.previous.as_ref().map(|p| p.token_id.as_str()), Some(A));
+        assert_eq!(plan.status.previous.as_ref().map(|p| from_k8s(&p.valid_until)), Some(ago(-50 * MIN)));
+
+        let plan = case(2 * HOUR).plan();
+        Expect {
+            actions: vec![Action::DeleteRecord(A.into())],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("grace over", &plan);
+        assert_eq!(plan.status.previous, None);
+    }
+
+    // ---- Conditions ----------------------------------------------------------------------
+
+    #[test]
+    fn expiring_soon_inside_the_warning_window() {
+        let policy = governed_by(json!({"rotation": {"warnBefore": "7d"}}));
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("30d".into()), expires_at: None }));
+        let case = |issued_ago: i64| {
+            let a = issued(&pat, &policy, A, ago(issued_ago));
+            Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(issued_ago))).policy(&policy)
+        };
+        let expiring = vec![
+            (EXPIRING_SOON, "True", "WithinWarningPeriod"),
+            (DELIVERED, "True", "SecretAvailable"),
+            (POLICY_COMPLIANT, "True", "Compliant"),
+            (READY, "True", "TokenActive"),
+        ];
+
+        let inside = case(25 * DAY);
+        let first = inside.at(ago(HOUR)).plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: expiring.clone(),
+            requeue: Some(span(5 * DAY + HOUR)), // at expiry
+            notes: vec![("ExpiringSoon", true)],
+        }
+        .check("entering the window", &first);
+        assert_eq!(condition(&first, POLICY_COMPLIANT).message, "Complies with baseline.");
+
+        // Already True: no second warning, and the transition time stays.
+        let again = Case { pat: pat.clone().with_status(first.status.clone()), ..case(25 * DAY) }.plan();
+        Expect { actions: vec![], phase: Phase::Active, conditions: expiring, requeue: Some(span(5 * DAY)), notes: vec![] }
+            .check("inside the window", &again);
+        assert_eq!(condition(&again, EXPIRING_SOON).last_transition_time, to_k8s(ago(HOUR)));
+
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: Some(span(22 * DAY)), // at the warning start, before the expiry at 29d
+            notes: vec![],
+        }
+        .check("outside the window", &case(DAY).plan());
+    }
+
+    #[test]
+    fn policy_clamps_are_reported_as_not_compliant() {
+        let policy = governed_by(json!({"allowedScopes": ["read:*"]}));
+        let pat = PersonalAccessToken::test().persistent().with_spec(|s| s.scopes = vec!["read:pods".into(), "write:pods".into()]);
+        let a = issued(&pat, &policy, A, ago(DAY));
+        assert_eq!(a.scopes, ["read:pods"], "the disallowed scope is never granted");
+        let clamped = vec![
+            (EXPIRING_SOON, "False", "NotExpiring"),
+            (DELIVERED, "True", "SecretAvailable"),
+            (POLICY_COMPLIANT, "False", "Clamped"),
+            (READY, "True", "TokenActive"),
+        ];
+        let pat = pat.with_status(status_for(&a));
+
+        let plan = Case::new(&pat).records([&a]).secret(delivered(A, ago(DAY))).policy(&policy).plan();
+        Expect { actions: vec![], phase: Phase::Active, conditions: clamped.clone(), requeue: None, notes: vec![("PolicyViolation", true)] }
+            .check("clamped", &plan);
+        let message = &condition(&plan, POLICY_COMPLIANT).message;
+        assert!(message.contains("scope \"write:pods\" is not allowed by policy baseline"), "{message}");
+        assert_eq!(plan.notes[0].message, *message);
+        assert_eq!(plan.status.policies, ["baseline"]);
+
+        // A record issued before the policy existed is narrowed; no second note.
+        let wide = issued(&pat, &no_policy(), A, ago(DAY));
+        assert_eq!(wide.scopes, ["read:pods", "write:pods"]);
+        let again = pat.clone().with_status(plan.status.clone());
+        let plan = Case::new(&again).records([&wide]).secret(delivered(A, ago(DAY))).policy(&policy).plan();
+        Expect {
+            actions: vec![Action::UpdateRecord(Box::new(TokenRecord { scopes: vec!["read:pods".into()], ..wide.clone() }))],
+            phase: Phase::Active,
+            conditions: clamped,
+            requeue: None,
+            notes: vec![],
+        }
+        .check("record narrowed", &plan);
+
+        let plan = Case::new(&pat).records([&a]).secret(delivered(A, ago(DAY))).plan();
+        assert_eq!(condition(&plan, POLICY_COMPLIANT).message, "No TokenPolicy governs this namespace.");
+    }
+
+    #[test]
+    fn requeue_is_the_earliest_deadline() {
+        // Token B issued and delivered 1h ago with ttl 30d; A in its grace period. Each row
+        // makes another deadline the earliest, the others later.
+        struct Row {
+            name: &'static str,
+            reveal: &'static str,
+            grace: &'static str,
+            idle: &'static str,
+            every: &'static str,
+            warn: Option<&'static str>,
+            expected: i64,
+        }
+        let rows = [
+            Row { name: "reveal end", reveal: "2h", grace: "3h", idle: "4h", every: "5h", warn: Some("7d"), expected: HOUR },
+            Row { name: "grace end", reveal: "3h", grace: "2h", idle: "4h", every: "5h", warn: Some("7d"), expected: HOUR },
+            Row { name: "idle deadline", reveal: "3h", grace: "4h", idle: "2h", every: "5h", warn: Some("7d"), expected: HOUR },
+            Row { name: "scheduled rotation", reveal: "3h", grace: "4h", idle: "5h", every: "2h", warn: Some("7d"), expected: HOUR },
+            // Expiry is 30d - 1h away; a 718h warning starts 1h from now.
+            Row { name: "warning start", reveal: "3h", grace: "4h", idle: "5h", every: "6h", warn: Some("718h"), expected: HOUR },
+            Row { name: "expiry", reveal: "31d", grace: "31d", idle: "31d", every: "31d", warn: None, expected: 30 * DAY - HOUR },
+        ];
+        for row in rows {
+            let mut spec = json!({"idleTimeout": row.idle});
+            if let Some(warn) = row.warn {
+                spec["rotation"] = json!({"warnBefore": warn});
+            }
+            let policy = governed_by(spec);
+            let pat = PersonalAccessToken::test()
+                .with_spec(|s| {
+                    s.expiration = Some(Expiration { ttl: Some("30d".into()), expires_at: None });
+                    s.secret = Some(SecretDelivery { reveal_window: Some(row.reveal.into()), ..SecretDelivery::default() });
+                })
+                .rotation(|r| {
+                    r.grace_period = Some(row.grace.into());
+                    r.every = Some(row.every.into());
+                });
+            let b = issued(&pat, &policy, B, ago(HOUR));
+            let grace = patrol_api::duration::Duration::from(row.grace).to_chrono().expect("grace");
+            let grace_end = b.issued_at + grace;
+            let a = TokenRecord { expires_at: Some(grace_end), ..issued(&pat, &policy, A, ago(10 * DAY)) };
+            let status = PersonalAccessTokenStatus {
+                previous: Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(grace_end) }),
+                ..status_for(&b)
+            };
+            let plan = Case::new(&pat.with_status(status)).records([&a, &b]).secret(delivered(B, ago(HOUR))).policy(&policy).plan();
+            assert_eq!(plan.actions, [], "{}: actions", row.name);
+            assert_eq!(plan.status.phase, Some(Phase::Active), "{}: phase", row.name);
+            assert_eq!(plan.requeue_after, Some(span(row.expected)), "{}: requeue_after", row.name);
+        }
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let pat = PersonalAccessToken::test();
+        let a = issued(&pat, &no_policy(), A, ago(DAY));
+        let case = Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(DAY) + chrono::Duration::minutes(1)));
+        // A day ago, one minute after delivery: the Secret was still there.
+        let then = Case { now: ago(DAY) + chrono::Duration::minutes(2), ..case }.plan();
+        assert_eq!(condition(&then, DELIVERED).status, "True");
+        let earlier = to_k8s(ago(DAY) + chrono::Duration::minutes(2));
+        assert!(then.status.conditions.iter().all(|c| c.last_transition_time == earlier));
+
+        let now_plan = Case::new(&pat.with_status(then.status.clone())).records([&a]).secret(delivered(A, ago(DAY) + chrono::Duration::minutes(1))).plan();
+        assert_eq!(now_plan.actions, [Action::DeleteSecret]);
+        for c in &now_plan.status.conditions {
+            let expected = if c.type_ == DELIVERED { to_k8s(now()) } else { earlier.clone() };
+            assert_eq!(c.last_transition_time, expected, "{}", c.type_);
+        }
+    }
 }

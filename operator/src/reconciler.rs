@@ -46,6 +46,8 @@ pub const DELIVERED_AT_ANNOTATION: &str = "patrol.dev/delivered-at";
 pub const DELIVERED_COMPONENT: &str = "delivered-token";
 /// Key of the plaintext in the delivered Secret.
 pub const TOKEN_KEY: &str = "token";
+/// Longest a PAT goes without a reconcile.
+pub const RESYNC: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -106,6 +108,12 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Req
     };
     let ns = pat.namespace().unwrap_or_default();
     let api: Api<PersonalAccessToken> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decide from the stored object, not the watch cache: after an apiserver restart the
+    // watch may lag (backing off) and a stale object would fail every finalizer patch.
+    let Some(pat) = api.get_opt(&pat.name_any()).await? else {
+        return Ok(Requeue::await_change());
+    };
+    let had_finalizer = pat.finalizers().iter().any(|f| f == FINALIZER);
     let result = finalizer(&api, FINALIZER, Arc::new(pat), |event| async {
         match event {
             Finalizer::Apply(pat) => apply(&pat, &ctx).await,
@@ -118,6 +126,11 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Req
         other => Error::Finalizer(other.to_string()),
     });
     ctx.metrics.reconcile_done(started.elapsed(), result.as_ref().err().map(Error::metric_label));
+    // Adding the finalizer ends a reconcile and waits for the watch to report the change;
+    // look again right away instead, so a slow or resyncing watch cannot delay the token.
+    if !had_finalizer && result.is_ok() {
+        return Ok(Requeue::requeue(std::time::Duration::from_millis(50)));
+    }
     result
 }
 
@@ -182,10 +195,9 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
         // The next reconcile adopts the token the Secret now names.
         return Ok(Requeue::requeue(std::time::Duration::from_millis(50)));
     }
-    Ok(match plan.requeue_after {
-        Some(after) => Requeue::requeue(after),
-        None => Requeue::await_change(),
-    })
+    // Deadlines drive requeues; without one, a slow resync bounds how long a missed watch
+    // event (e.g. while the apiserver restarts) can go unnoticed.
+    Ok(Requeue::requeue(plan.requeue_after.unwrap_or(RESYNC).min(RESYNC)))
 }
 
 async fn cleanup(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Error> {

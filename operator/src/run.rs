@@ -96,7 +96,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     let hasher = TokenHasher::new(settings.hash).context("argon2 parameters")?;
     let (policies, policy_writer) = reflector::store::<TokenPolicy>();
     let policy_api: Api<TokenPolicy> = Api::all(client.clone());
-    let policy_stream = reflector(policy_writer, watcher(policy_api.clone(), watcher::Config::default()))
+    let policy_stream = reflector(policy_writer, watcher(policy_api.clone(), watch_config()))
         .default_backoff()
         .touched_objects()
         .filter_map(|r| future::ready(r.map_err(|e| warn!(error = %e, "TokenPolicy watch")).ok()))
@@ -104,7 +104,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         .boxed();
     let (namespaces, ns_writer) = reflector::store();
     let ns_api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-    let ns_stream = reflector(ns_writer, watcher(ns_api, watcher::Config::default()))
+    let ns_stream = reflector(ns_writer, watcher(ns_api, watch_config()))
         .default_backoff()
         .touched_objects()
         .filter_map(|r| future::ready(r.ok()));
@@ -129,16 +129,16 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         None => (Api::all_with(client.clone(), &resource), Api::all(client.clone())),
     };
     let records: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
-    let controller = Controller::new_with(pats, watcher::Config::default(), resource.clone())
+    let controller = Controller::new_with(pats, watch_config(), resource.clone())
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         // The delivered Secret (owned by the PAT).
         .owns_with(
             delivered,
             (),
-            watcher::Config::default().labels(&format!("{}={DELIVERED_COMPONENT}", record::COMPONENT_LABEL)),
+            watch_config().labels(&format!("{}={DELIVERED_COMPONENT}", record::COMPONENT_LABEL)),
         )
         // Token records in our namespace point back at their PAT by label.
-        .watches_with(records, (), watcher::Config::default().labels(&record::selector()), |secret: Secret| {
+        .watches_with(records, (), watch_config().labels(&record::selector()), |secret: Secret| {
             let labels = secret.labels();
             let ns = labels.get(record::PAT_NAMESPACE_LABEL)?;
             let name = labels.get(record::PAT_NAME_LABEL)?;
@@ -250,4 +250,12 @@ async fn shutdown_signal() {
     let term = future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     info!("shutting down");
+}
+
+/// Watches list from the apiserver's watch cache (resourceVersion=0). A quorum list right
+/// after an apiserver restart can return a resourceVersion older than the fresh cache's
+/// window, and the watch from it then fails with 410 Gone over and over; a cached list's
+/// version is always inside the window.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
 }

@@ -87,6 +87,14 @@ impl TestCluster {
             .with_context(|| format!("{name} is not set for this cluster (an existing cluster has none)"))
     }
 
+    /// Stops kube-apiserver, waits `down` seconds and starts it again (etcd keeps the state).
+    pub fn restart_apiserver(&self, down: u64) -> Result<()> {
+        let script = repo_root().join("hack/cluster.sh");
+        let out = Command::new("bash").arg(&script).args(["restart-apiserver", &down.to_string()]).output()?;
+        ensure!(out.status.success(), "restart-apiserver failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
     /// A client with the admin credentials.
     pub async fn client(&self) -> Result<Client> {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
