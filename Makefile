@@ -42,3 +42,7 @@ build: ## Build patrol-operator and patrol-webhook
 lint: ## rustfmt and clippy
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: bench-operator
+bench-operator: ## Operator scale benchmark: 1,000 PATs to Active, peak RSS
+	@hack/ensure-tools.sh && hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench operator_scale

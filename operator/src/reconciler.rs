@@ -55,6 +55,9 @@ pub struct Context {
     /// Namespace holding the token records.
     pub namespace: String,
     pub hasher: TokenHasher,
+    /// Bounds concurrent argon2 hashes (each holds its memory cost, 19 MiB by default) to
+    /// the cores that can run them; more would only queue and inflate memory.
+    pub hash_permits: Arc<tokio::sync::Semaphore>,
     pub policies: Store<TokenPolicy>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub recorder: Recorder,
@@ -234,6 +237,7 @@ async fn issue_token(
     const TRIES: u32 = 3;
     for _ in 0..TRIES {
         let hasher = ctx.hasher.clone();
+        let _permit = ctx.hash_permits.acquire().await.map_err(|e| Error::Finalizer(format!("hash pool closed: {e}")))?;
         // argon2 takes tens of milliseconds: keep it off the async workers.
         let (plaintext, hashed) = tokio::task::spawn_blocking(move || {
             let plaintext = token::generate()?;

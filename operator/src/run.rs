@@ -114,6 +114,9 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         client: client.clone(),
         namespace: settings.namespace.clone(),
         hasher,
+        hash_permits: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        )),
         policies: policies.clone(),
         namespaces: namespaces.clone(),
         recorder: Recorder::new(client.clone(), reporter),

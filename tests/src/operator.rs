@@ -24,6 +24,10 @@ pub struct OperatorOptions {
     pub lease_duration_seconds: Option<u64>,
     /// Extra environment (e.g. `PATROL_TEST_CRASH_AT`).
     pub env: Vec<(String, String)>,
+    /// Run the release build (benchmarks).
+    pub release: bool,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
 }
 
 /// A running operator, its metrics port and its records namespace.
@@ -36,7 +40,7 @@ pub struct Operator {
 impl Operator {
     /// Starts an operator that watches `watch` and keeps records in `records`.
     pub fn start(cluster: &TestCluster, watch: &TestNamespace, records: &TestNamespace, options: OperatorOptions) -> Result<Self> {
-        let bin = process::binary("patrol-operator")?;
+        let bin = if options.release { process::release_binary("patrol-operator")? } else { process::binary("patrol-operator")? };
         let metrics_port = process::free_port()?;
         let mut args = vec![
             "--namespace".to_owned(),
@@ -55,6 +59,7 @@ impl Operator {
             }
             None => args.extend(["--leader-election".to_owned(), "false".to_owned()]),
         }
+        args.extend(options.args.iter().cloned());
         let process = Process::spawn(cluster, "patrol-operator", &bin, &args, &options.env)?;
         Ok(Self { process, metrics_port, records_namespace: records.name.clone() })
     }

@@ -14,24 +14,43 @@ use crate::{TestCluster, repo_root};
 
 /// Path of a workspace binary, built (debug profile) on first use in this test process.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    build(name, false)
+}
+
+/// Path of a workspace binary built with the release profile, for benchmarks.
+pub fn release_binary(name: &str) -> Result<PathBuf> {
+    build(name, true)
+}
+
+fn build(name: &str, release: bool) -> Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<Vec<(String, bool)>>> = OnceLock::new();
     let built = BUILT.get_or_init(Mutex::default);
     let mut built = built.lock().map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join("debug").join(name);
-    if !built.iter().any(|b| b == name) {
+    let path = target.join(if release { "release" } else { "debug" }).join(name);
+    if !built.iter().any(|(b, r)| b == name && *r == release) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bin", name])
-            .current_dir(repo_root())
-            .status()
-            .with_context(|| format!("building {name}"))?;
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bin", name]).current_dir(repo_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().with_context(|| format!("building {name}"))?;
         ensure!(status.success(), "cargo build --bin {name} failed");
-        built.push(name.to_owned());
+        built.push((name.to_owned(), release));
     }
     Ok(path)
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB, from /proc.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A running binary.
@@ -43,7 +62,13 @@ pub struct Process {
 
 impl Process {
     /// Starts `bin` with the cluster's admin kubeconfig; stdout and stderr go to a log file.
-    pub fn spawn(cluster: &TestCluster, name: &str, bin: &Path, args: &[String], env: &[(String, String)]) -> Result<Self> {
+    pub fn spawn(
+        cluster: &TestCluster,
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join("patrol-e2e-logs");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("{name}-{}-{}.log", std::process::id(), unique()));
@@ -59,6 +84,10 @@ impl Process {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         Ok(Self { name: name.to_owned(), child, log })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process printed so far.

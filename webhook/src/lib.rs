@@ -1,1 +1,29 @@
-//! patrol-webhook library.
+//! `patrol-webhook`: Patrol's token service. One rustls HTTPS server (HTTP/1.1 and HTTP/2)
+//! that any number of replicas run without coordinating.
+//!
+//! Layout, by responsibility:
+//!
+//! - [`index`]: the in-memory index of hashed token records, fed by a watch on the record
+//!   Secrets; readiness follows its initial sync.
+//! - [`validate`]: the validation core every endpoint shares — parse, cache, lookup,
+//!   rate limits, argon2, expiry and idle time — built from [`cache`], [`limiter`],
+//!   [`verify_pool`] and [`usage`] (lastUsedAt write-back).
+//! - [`token_review`]: TokenReview requests and answers, pure.
+//! - [`routes`]: the HTTP endpoints, one module each, and the shared layers.
+//! - [`tls`]: rustls (ring) configuration and certificate reloading.
+//! - [`server`]: wiring, started by the binary.
+//!
+//! Nothing here logs, traces, counts or returns a token or a hash; token ids (public by
+//! design) are the only token-derived values that appear in logs.
+
+pub mod cache;
+pub mod index;
+pub mod limiter;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod tls;
+pub mod token_review;
+pub mod usage;
+pub mod validate;
+pub mod verify_pool;

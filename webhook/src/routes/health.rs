@@ -1,0 +1,25 @@
+//! Liveness and readiness. Live while the process serves; ready once the token record
+//! index has synced, which is also when validation starts.
+
+use axum::{Router, extract::State, response::IntoResponse, routing::get};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use super::{AppState, error::ApiError};
+
+pub const HEALTHZ: &str = "/healthz";
+pub const READYZ: &str = "/readyz";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(HEALTHZ, get(|| async { "ok" }))
+        .route(READYZ, get(readyz))
+        .layer(RequestBodyLimitLayer::new(1024))
+}
+
+async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    if state.validator.is_ready() {
+        "ok".into_response()
+    } else {
+        ApiError::unavailable("the token record index has not synced yet").into_response()
+    }
+}

@@ -1,0 +1,119 @@
+//! The HTTP surface: one router, one module per endpoint family.
+//!
+//! Each module exposes `routes(&HttpLimits) -> Router<AppState>` with its own body limit;
+//! [`router`] merges them and wraps everything in the same layers: request metrics,
+//! JSON errors, a request timeout and a body-read timeout. Later endpoints (`/mutate`,
+//! `/validate`, `/oauth2/token`, `/oauth2/introspect`, `/jwks`,
+//! `/.well-known/openid-configuration`) are further modules merged the same way; their
+//! paths go into [`ROUTES`] so they get their own metric label.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use http::StatusCode;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+
+use crate::{metrics::Metrics, token_review::IdentityMapping, validate::Validator};
+
+pub mod authenticate;
+pub mod error;
+pub mod health;
+pub mod metrics;
+
+use error::ApiError;
+
+/// Every path served, as metric labels; anything else is `other`.
+pub const ROUTES: &[&str] = &[
+    authenticate::PATH,
+    health::HEALTHZ,
+    health::READYZ,
+    metrics::PATH,
+];
+
+/// Limits applied to requests.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Whole request, from headers received to response ready.
+    pub request_timeout: Duration,
+    /// Reading the request body.
+    pub body_timeout: Duration,
+    /// Largest TokenReview body accepted.
+    pub review_body_limit: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(5),
+            // A TokenReview carries one bearer token: PATs are 58 bytes, the largest JWTs
+            // a few KiB. 64 KiB leaves room without inviting memory abuse.
+            review_body_limit: 64 * 1024,
+        }
+    }
+}
+
+/// What every handler can reach.
+pub struct AppContext {
+    pub validator: Arc<Validator>,
+    pub identity: IdentityMapping,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<AppContext>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppContext;
+
+    fn deref(&self) -> &AppContext {
+        &self.0
+    }
+}
+
+/// The whole application.
+pub fn router(state: AppState, limits: &HttpLimits) -> Router {
+    Router::new()
+        .merge(authenticate::routes(limits))
+        .merge(health::routes())
+        .merge(metrics::routes())
+        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    record_request,
+                ))
+                .layer(middleware::map_response(error::json_errors))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    limits.request_timeout,
+                ))
+                .layer(RequestBodyTimeoutLayer::new(limits.body_timeout)),
+        )
+        .with_state(state)
+}
+
+fn route_label(path: Option<&MatchedPath>) -> &'static str {
+    path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
+        .unwrap_or("other")
+}
+
+async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    let started = Instant::now();
+    let response = next.run(request).await.into_response();
+    state.metrics.record_request(
+        route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

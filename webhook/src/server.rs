@@ -1,0 +1,153 @@
+//! Wiring: the record watch, the lastUsedAt writer, housekeeping, certificate reloading and
+//! the HTTPS server, started together by [`run`].
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum_server::{
+    Handle,
+    tls_rustls::{RustlsAcceptor, RustlsConfig},
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+use tracing::info;
+
+use crate::{
+    index::{self, RecordIndex},
+    metrics::Metrics,
+    routes::{self, AppContext, AppState, HttpLimits},
+    tls::{self, CertificateFiles, CertificateReloader},
+    token_review::IdentityMapping,
+    usage::{self, KubePatActivity, UsageRecorder},
+    validate::{Validator, ValidatorConfig},
+};
+
+/// Everything `patrol-webhook` is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// How often the certificate files are checked for changes.
+    pub tls_reload_interval: Duration,
+    /// Namespace holding the token record Secrets.
+    pub namespace: String,
+    pub identity: IdentityMapping,
+    pub validator: ValidatorConfig,
+    pub http: HttpLimits,
+    /// At most one `lastUsedAt` write per token per this interval (per replica).
+    pub last_used_debounce: Duration,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Queue of pending `lastUsedAt` writes; beyond it, writes are dropped and retried on a later use.
+const USAGE_QUEUE: usize = 4_096;
+
+/// Runs the token service until SIGTERM or SIGINT.
+pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let index = Arc::new(RecordIndex::new(metrics.clone()));
+    let (usage, usage_rx) =
+        UsageRecorder::new(USAGE_QUEUE, settings.last_used_debounce, metrics.clone());
+    let validator = Arc::new(
+        Validator::new(
+            &settings.validator,
+            index.clone(),
+            usage,
+            Arc::new(KubePatActivity::new(client.clone())),
+            metrics.clone(),
+        )
+        .context("creating the validator")?,
+    );
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let on_change = {
+        let validator = validator.clone();
+        move |ids: &[_]| validator.on_index_change(ids)
+    };
+    tokio::spawn(index::run_watch(secrets, index, on_change));
+    tokio::spawn(usage::run_writer(client, usage_rx, metrics.clone()));
+    {
+        let validator = validator.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                ticks.tick().await;
+                validator.maintain();
+            }
+        });
+    }
+
+    let files = CertificateFiles {
+        cert: settings.tls_cert.clone(),
+        key: settings.tls_key.clone(),
+    };
+    let (reloader, tls_config) =
+        CertificateReloader::load(files).context("loading the serving certificate")?;
+    let served = RustlsConfig::from_config(tls_config);
+    tokio::spawn(tls::reload_periodically(
+        reloader,
+        served.clone(),
+        settings.tls_reload_interval,
+        metrics.clone(),
+    ));
+
+    let state = AppState(Arc::new(AppContext {
+        validator,
+        identity: settings.identity.clone(),
+        metrics,
+    }));
+    let app = routes::router(state, &settings.http);
+
+    let handle = Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone(), settings.shutdown_grace));
+    let acceptor = RustlsAcceptor::new(served).handshake_timeout(Duration::from_secs(10));
+    let mut server = axum_server::bind(settings.listen)
+        .acceptor(acceptor)
+        .handle(handle)
+        .first_request_timeout(Duration::from_secs(10));
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Duration::from_secs(10));
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(256);
+    info!(listen = %settings.listen, namespace = %settings.namespace, "patrol-webhook serving");
+    server
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .await
+        .with_context(|| format!("serving on {}", settings.listen))?;
+    info!("patrol-webhook stopped");
+    Ok(())
+}
+
+async fn shutdown_on_signal(handle: Handle<SocketAddr>, grace: Duration) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops gracefully");
+                let _ = ctrl_c.await;
+                handle.graceful_shutdown(Some(grace));
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!(grace = ?grace, "shutting down");
+    handle.graceful_shutdown(Some(grace));
+}
