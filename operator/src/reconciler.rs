@@ -169,13 +169,7 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
         match action {
             Action::DeleteRecord(id) => delete_record(ctx, id).await?,
             Action::UpdateRecord(record) => write_record(ctx, record).await?,
-            Action::DeleteSecret => {
-                if let Err(e) = secrets.delete(&secret_name, &DeleteParams::default()).await {
-                    if !is_not_found(&e) {
-                        return Err(e.into());
-                    }
-                }
-            }
+            Action::DeleteSecret => delete_if_present(&secrets, &secret_name).await?,
             Action::Issue(reason) => issue = Some(*reason),
         }
     }
@@ -187,10 +181,11 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
     }
     let phase = plan.status.phase.unwrap_or_default();
     ctx.metrics.observe_phase(&uid, phase);
-    if phase == Phase::Active && pat.status.as_ref().and_then(|s| s.phase) != Some(Phase::Active) {
-        if let Some(created) = pat.creation_timestamp() {
-            ctx.metrics.materialized((now - patrol_api::time::from_k8s(&created)).to_std().unwrap_or_default());
-        }
+    if phase == Phase::Active
+        && pat.status.as_ref().and_then(|s| s.phase) != Some(Phase::Active)
+        && let Some(created) = pat.creation_timestamp()
+    {
+        ctx.metrics.materialized((now - patrol_api::time::from_k8s(&created)).to_std().unwrap_or_default());
     }
 
     if let Some(reason) = issue {
@@ -211,14 +206,10 @@ async fn cleanup(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Er
     let ns = pat.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = lifecycle::secret_name(pat);
-    if let Some(secret) = secrets.get_metadata_opt(&name).await? {
-        if observe_secret(&secret, &uid).owned {
-            if let Err(e) = secrets.delete(&name, &DeleteParams::default()).await {
-                if !is_not_found(&e) {
-                    return Err(e.into());
-                }
-            }
-        }
+    if let Some(secret) = secrets.get_metadata_opt(&name).await?
+        && observe_secret(&secret, &uid).owned
+    {
+        delete_if_present(&secrets, &name).await?;
     }
     ctx.metrics.forget(&uid);
     info!("token deleted; records and Secret removed");
@@ -312,11 +303,7 @@ async fn list_records(ctx: &Context, pat_uid: &str) -> Result<Vec<TokenRecord>, 
             Err(err) => {
                 // Unreadable: it can validate nothing, so it goes.
                 warn!(error = %err, "deleting unreadable token record");
-                if let Err(e) = api.delete(&secret.name_any(), &DeleteParams::default()).await {
-                    if !is_not_found(&e) {
-                        return Err(e.into());
-                    }
-                }
+                delete_if_present(&api, &secret.name_any()).await?;
             }
         }
     }
@@ -385,6 +372,15 @@ async fn publish(ctx: &Context, pat: &PersonalAccessToken, reason: &str, message
     };
     if let Err(err) = ctx.recorder.publish(&event, &pat.object_ref(&())).await {
         warn!(error = %err, reason, "could not publish event");
+    }
+}
+
+/// Deletes a Secret; one already gone is what we wanted.
+async fn delete_if_present(api: &Api<Secret>, name: &str) -> Result<(), kube::Error> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -4,6 +4,9 @@
 //! `make bench-operator` (or `cargo bench -p patrol-e2e --bench operator_scale`).
 //! PATROL_BENCH_PATS overrides the count.
 
+// Test fixtures fail loudly on impossible input.
+#![allow(clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;

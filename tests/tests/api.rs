@@ -30,7 +30,7 @@ fn pat(name: &str, spec: Value) -> DynamicObject {
         "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
         "metadata": {"name": name}, "spec": spec,
     }))
-    .expect("valid object shape")
+    .unwrap_or_else(|e| panic!("valid object shape: {e}"))
 }
 
 #[tokio::test]

@@ -1,6 +1,9 @@
 //! The operator against a real kube-apiserver: issue, deliver, expire, revoke, rotate,
 //! delete, policy clamping, crash recovery at every write, leader failover.
 
+// Test fixtures fail loudly on impossible input.
+#![allow(clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};

@@ -2,6 +2,9 @@
 //! tokens are being issued, and a malformed object in the watch. These tests change shared
 //! state (the apiserver, the CRD), so they live in their own test binary and run one at a time.
 
+// Test fixtures fail loudly on impossible input.
+#![allow(clippy::expect_used)]
+
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
