@@ -240,6 +240,18 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         out.status.token_id = old.token_id.clone();
         return finish(out, &old, Phase::Failed, "InvalidSpec", format!("Fix the spec: {message}"), now);
     }
+    // A token must belong to someone: never issue one for an empty username.
+    if pat.spec.owner.as_ref().is_none_or(|o| o.username.is_empty()) {
+        out.status.token_id = old.token_id.clone();
+        return finish(
+            out,
+            &old,
+            Phase::Failed,
+            "OwnerMissing",
+            "spec.owner is not set. Patrol's mutating webhook sets it to the creating user; without the webhook, set spec.owner.username.".into(),
+            now,
+        );
+    }
 
     // Which token is current: the one the Secret delivered (newest), else the one in status.
     let delivered = owned_secret.and_then(|s| s.token_id.as_deref()).and_then(record);
@@ -824,6 +836,15 @@ mod tests {
     }
 
     // ---- Invalid spec --------------------------------------------------------------------
+
+    #[test]
+    fn missing_owner_is_never_issued_a_token() {
+        let pat = PersonalAccessToken::test().with_spec(|s| s.owner = None);
+        let plan = Case::new(&pat).plan();
+        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("OwnerMissing"), requeue: None, notes: vec![] }
+            .check("no owner", &plan);
+        assert!(condition(&plan, READY).message.contains("spec.owner"), "{}", condition(&plan, READY).message);
+    }
 
     #[test]
     fn invalid_spec_fails_without_acting_on_records() {
