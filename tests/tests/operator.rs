@@ -358,3 +358,50 @@ async fn leader_failover_within_the_lease_duration() -> Result<()> {
     assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
     Ok(())
 }
+
+/// Policy-driven ends: the ExpiringSoon warning (condition + Event) and the idle timeout.
+#[tokio::test]
+async fn warns_before_expiry_and_expires_idle_tokens() -> Result<()> {
+    let s = setup("idle").await?;
+    let client = s.cluster.client().await?;
+    let label = format!("idle-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(&s.ns.name, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"patrol.dev/e2e-policy": label}}})))
+        .await?;
+    let policies: Api<TokenPolicy> = Api::all(client);
+    let name = format!("e2e-idle-{}", std::process::id());
+    let policy: TokenPolicy = serde_json::from_value(json!({
+        "apiVersion": "patrol.dev/v1alpha1", "kind": "TokenPolicy", "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"patrol.dev/e2e-policy": label}},
+            "idleTimeout": "5s",
+            "rotation": {"warnBefore": "1h"},
+        },
+    }))?;
+    policies.create(&PostParams::default(), &policy).await?;
+    let result = async {
+        let _op = Operator::start(s.cluster, &s.ns, &s.records, OperatorOptions::default())?;
+        s.pats.create(&PostParams::default(), &pat("soon", json!({"displayName": "soon", "expiration": {"ttl": "30m"}}))).await?;
+        let active = wait_for_phase(&s.pats, "soon", Phase::Active, ACTIVE_WITHIN).await?;
+        let uid = active.uid().unwrap_or_default();
+        let soon = eventually(Duration::from_secs(5), || async {
+            let p = s.pats.get("soon").await?;
+            ensure!(condition(&p, "ExpiringSoon").is_some_and(|c| c.status == "True"), "no ExpiringSoon yet");
+            Ok(p)
+        })
+        .await?;
+        assert!(condition(&soon, "ExpiringSoon").is_some_and(|c| c.message.contains("rotate it")));
+        let events = s.cluster.kubectl_ok(&["get", "events", "-n", &s.ns.name, "-o", "json"])?;
+        assert!(events.contains("ExpiringSoon"), "a Warning event: {events}");
+
+        // Never used: idle from issue, 5 s later it ends.
+        let expired = wait_for_phase(&s.pats, "soon", Phase::Expired, Duration::from_secs(20)).await?;
+        assert_eq!(condition(&expired, "Ready").map(|c| c.reason.as_str()), Some("IdleTimeout"));
+        assert!(records_for(s.cluster, &s.records.name, &uid).await?.is_empty(), "idle token's record removed");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = policies.delete(&name, &DeleteParams::default()).await;
+    result
+}
