@@ -43,6 +43,10 @@ lint: ## rustfmt and clippy
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+.PHONY: bench
+bench: ## Token service benchmark: TokenReview, exchange, argon2 flood, revocation, each vs a baseline
+	@hack/ensure-tools.sh && hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench token_service
+
 .PHONY: bench-operator
 bench-operator: ## Operator scale benchmark: 1,000 PATs to Active, peak RSS
 	@hack/ensure-tools.sh && hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench operator_scale

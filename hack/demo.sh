@@ -1,41 +1,289 @@
 #!/usr/bin/env bash
-# The demo: a local control plane with Patrol's API installed and the examples applied.
-# Leaves the control plane running only with PATROL_DEMO_KEEP=1 (then: make cluster-down).
+# The demo: a token's whole life on a local control plane, narrated.
+#
+#   local control plane -> Helm chart (CRDs, RBAC, config) -> operator and token service
+#   running locally under the chart's ServiceAccounts -> a policy -> a PAT created as
+#   "alice" -> revealed once -> used with kubectl -> exchanged for a JWT -> introspected
+#   -> revoked -> refused everywhere.
+#
+# There is no kubelet, so the chart's Deployments never start pods: the two binaries run
+# here as processes, with kubeconfigs holding their ServiceAccounts' tokens, so the RBAC
+# they work under is the chart's. Everything started is stopped at the end; with
+# PATROL_DEMO_KEEP=1 the control plane, the binaries and the objects are left running
+# (stop them with `make cluster-down`).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+bold=$'\033[1m' dim=$'\033[2m' reset=$'\033[0m'
+[[ -t 1 ]] || { bold='' dim='' reset=''; }
+say() { printf '\n%s== %s%s\n' "$bold" "$*" "$reset"; }
+note() { printf '%s   %s%s\n' "$dim" "$*" "$reset"; }
+run() { printf '%s$ %s%s\n' "$bold" "$*" "$reset"; "$@" 2>&1 | sed 's/^/  /'; return "${PIPESTATUS[0]}"; }
+# mask TOKEN: what the demo prints of a secret: its start and its last four characters.
+mask() { printf '%s…%s' "${1:0:14}" "${1: -4}"; }
+
+[[ ${PATROL_USE_EXISTING_CLUSTER:-} == 1 ]] && {
+  echo "the demo runs its own local control plane (it needs to configure the kube-apiserver); unset PATROL_USE_EXISTING_CLUSTER" >&2
+  exit 2
+}
 
 hack/ensure-tools.sh
+python=$(hack/ensure-tools.sh python)   # a Python with PyJWT, for examples/clients/verify_jwt.py
+say "Building patrol-operator and patrol-webhook"
+cargo build --quiet --bins
+target=${CARGO_TARGET_DIR:-target}/debug
+
 started=
-if [[ ${PATROL_USE_EXISTING_CLUSTER:-} != 1 ]] && ! hack/cluster.sh status; then started=1; fi
-say "Starting a local control plane (etcd + kube-apiserver + kube-controller-manager on loopback)"
+hack/cluster.sh status || started=1
+say "Starting a local control plane (etcd, kube-apiserver, kube-controller-manager on loopback)"
 kubeconfig=$(hack/cluster.sh up)
-if [[ -n $started && ${PATROL_DEMO_KEEP:-} != 1 ]]; then trap 'say "Stopping the control plane"; hack/cluster.sh down' EXIT; fi
-if [[ ${PATROL_USE_EXISTING_CLUSTER:-} == 1 ]]; then kubectl=(kubectl); else
-  # shellcheck disable=SC1091
-  source "$(dirname "$kubeconfig")/env"; kubectl=("$PATROL_BIN/kubectl" --kubeconfig "$kubeconfig")
+# shellcheck disable=SC1091
+source "$(dirname "$kubeconfig")/env"
+work=$PATROL_CLUSTER_DIR/demo
+mkdir -p "$work"
+pids=()
+cleanup() {
+  local rc=$?
+  if [[ ${PATROL_DEMO_KEEP:-} == 1 ]]; then
+    say "Left running (logs in $work). export KUBECONFIG=$kubeconfig; make cluster-down when done"
+    exit "$rc"
+  fi
+  if [[ -z $started ]]; then
+    # Someone else's control plane: leave it as it was. Webhook configurations go first
+    # and tokens next, while the operator still runs to remove their finalizers.
+    local kc=("$PATROL_BIN/kubectl" --kubeconfig "$kubeconfig")
+    "${kc[@]}" delete mutatingwebhookconfiguration,validatingwebhookconfiguration patrol-demo --ignore-not-found >/dev/null 2>&1 || true
+    "${kc[@]}" delete pat --all -n patrol-demo --timeout 30s >/dev/null 2>&1 || true
+  fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ -n $started ]]; then say "Stopping the control plane"; hack/cluster.sh down; else
+    "$PATROL_BIN/helm" --kubeconfig "$kubeconfig" uninstall patrol -n patrol-system >/dev/null 2>&1 || true
+    "${kc[@]}" delete tokenpolicy demo-policy --ignore-not-found >/dev/null 2>&1 || true
+    "${kc[@]}" delete clusterrole,clusterrolebinding patrol-demo-introspection --ignore-not-found >/dev/null 2>&1 || true
+    "${kc[@]}" delete namespace patrol-demo patrol-system --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+k() { "$PATROL_BIN/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+kubectl() { k "$@"; } # so the narrated commands read as people type them
+helm() { "$PATROL_BIN/helm" --kubeconfig "$kubeconfig" "$@"; }
+run kubectl version
+
+say "Installing the Helm chart into patrol-system (CRDs, RBAC, Services, configuration)"
+note "The chart's own webhook configurations point at its Service, which has no pods here,"
+note "so they are off; the demo registers configurations pointing at the local process instead."
+crd_values=()
+if k get crd personalaccesstokens.patrol.dev >/dev/null 2>&1 &&
+  [[ $(k get crd personalaccesstokens.patrol.dev -o jsonpath='{.metadata.labels.app\.kubernetes\.io/managed-by}') != Helm ]]; then
+  note "Patrol's CRDs are already installed outside Helm: the release leaves them alone"
+  crd_values=(--set crds.install=false)
 fi
-"${kubectl[@]}" version | sed 's/^/  /'
+run helm upgrade --install patrol charts/patrol --namespace patrol-system --create-namespace \
+  --set admission.enabled=false "${crd_values[@]}"
+k wait --for condition=Established crd/personalaccesstokens.patrol.dev crd/tokenpolicies.patrol.dev >/dev/null
 
-say "Installing Patrol's CustomResourceDefinitions"
-"${kubectl[@]}" apply --server-side -f crds/generated/
-"${kubectl[@]}" wait --for condition=Established crd/personalaccesstokens.patrol.dev crd/tokenpolicies.patrol.dev
+# A kubeconfig per ServiceAccount, holding nothing but its token.
+sa_kubeconfig() {
+  local sa=$1 file=$work/$1.kubeconfig token
+  token=$(k create token "$sa" -n patrol-system --duration 2h)
+  cat >"$file" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: "https://127.0.0.1:$PATROL_APISERVER_PORT", certificate-authority: "$PATROL_CA"}}]
+users: [{name: $sa, user: {token: "$token"}}]
+contexts: [{name: $sa, context: {cluster: local, user: $sa, namespace: patrol-system}}]
+current-context: $sa
+KUBECONFIG
+  echo "$file"
+}
 
-say "Applying the examples into namespace patrol-demo"
-"${kubectl[@]}" create namespace patrol-demo --dry-run=client -o yaml | "${kubectl[@]}" apply -f - >/dev/null
-for f in examples/*.yaml; do
-  echo "  $f"
-  "${kubectl[@]}" apply --server-side -n patrol-demo -f "$f" | sed 's/^/    /'
+say "Running patrol-operator and patrol-webhook as the chart's ServiceAccounts"
+operator_kc=$(sa_kubeconfig patrol-operator)
+webhook_kc=$(sa_kubeconfig patrol-webhook)
+KUBECONFIG=$operator_kc RUST_LOG=info,kube=warn "$target/patrol-operator" \
+  --namespace patrol-system --metrics-addr 127.0.0.1:0 --lease-name patrol-operator \
+  >"$work/operator.log" 2>&1 &
+pids+=($!)
+KUBECONFIG=$webhook_kc RUST_LOG=info,kube=warn "$target/patrol-webhook" \
+  --listen "127.0.0.1:$PATROL_WEBHOOK_PORT" --namespace patrol-system \
+  --tls-cert "$PATROL_WEBHOOK_CERT" --tls-key "$PATROL_WEBHOOK_KEY" \
+  --issuer "$PATROL_WEBHOOK_URL" --signing-keys-secret patrol-signing-keys --shutdown-grace 1s \
+  >"$work/webhook.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 120); do
+  curl -fsS --cacert "$PATROL_CA" "$PATROL_WEBHOOK_URL/readyz" >/dev/null 2>&1 && break
+  sleep 0.5
 done
+curl -fsS --cacert "$PATROL_CA" "$PATROL_WEBHOOK_URL/readyz" >/dev/null || {
+  echo "patrol-webhook did not become ready; its log:" >&2; tail -n 30 "$work/webhook.log" >&2; exit 1
+}
+note "operator log: $work/operator.log   webhook log: $work/webhook.log"
+note "Registering the admission webhooks (owner stamping, policy, escalation) for namespace patrol-demo"
+"$target/patrol-admission-config" --name patrol-demo --url "$PATROL_WEBHOOK_URL" --ca-bundle-file "$PATROL_CA" \
+  --namespace-label patrol.dev/demo=true --policy-label patrol.dev/demo=true | k apply -f - | sed 's/^/  /'
 
-say "kubectl get pat -A"
-"${kubectl[@]}" get pat -A
-say "kubectl get tokenpolicies"
-"${kubectl[@]}" get tokenpolicies
-say "kubectl explain pat.spec.expiration"
-"${kubectl[@]}" explain pat.spec.expiration | sed -n '1,20p'
-if [[ ${PATROL_DEMO_KEEP:-} == 1 ]]; then
-  say "Left running. Try: export KUBECONFIG=$kubeconfig; make cluster-down when done"
-fi
+say "An administrator sets a policy for the demo namespace"
+k create namespace patrol-demo --dry-run=client -o yaml | k apply -f - >/dev/null
+k label namespace patrol-demo patrol.dev/demo=true --overwrite >/dev/null
+cat >"$work/policy.yaml" <<'YAML'
+apiVersion: patrol.dev/v1alpha1
+kind: TokenPolicy
+metadata:
+  name: demo-policy
+  labels: {patrol.dev/demo: "true"}
+spec:
+  namespaceSelector: {matchLabels: {patrol.dev/demo: "true"}}
+  expiration: {required: true, default: 30d, max: 90d}
+  allowedScopes: ["read:*"]
+  exchange: {maxTTL: 15m, audiences: [kubernetes-patrol]}
+YAML
+sed 's/^/  /' "$work/policy.yaml"
+run kubectl apply -f "$work/policy.yaml"
+note "...and lets the read:pods scope read pods (scopes become groups: patrol:scope:<scope>)"
+k create role pod-reader -n patrol-demo --verb get,list --resource pods --dry-run=client -o yaml | k apply -f - >/dev/null
+k create rolebinding pod-readers -n patrol-demo --role pod-reader --group 'patrol:scope:read:pods' \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
+# Alice administers the namespace (the built-in admin role) and may manage tokens in it.
+k create role token-owner -n patrol-demo --verb get,list,watch,create,update,patch,delete \
+  --resource personalaccesstokens.patrol.dev --dry-run=client -o yaml | k apply -f - >/dev/null
+k create rolebinding alice-token-owner -n patrol-demo --role token-owner --user alice \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
+k create rolebinding alice-admin -n patrol-demo --clusterrole admin --user alice \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
+
+say "Alice asks for a token that breaks the policy: admission says why"
+cat >"$work/too-long.yaml" <<'YAML'
+apiVersion: patrol.dev/v1alpha1
+kind: PersonalAccessToken
+metadata: {name: forever, namespace: patrol-demo}
+spec:
+  displayName: A token for ever
+  scopes: ["write:pods"]
+  expiration: {ttl: 400d}
+YAML
+run kubectl --as alice --as-group developers create -f "$work/too-long.yaml" && {
+  echo "the policy should have refused this token" >&2; exit 1
+} || true
+
+say "Alice creates a token within the policy (the webhook records her as its owner)"
+cat >"$work/laptop.yaml" <<'YAML'
+apiVersion: patrol.dev/v1alpha1
+kind: PersonalAccessToken
+metadata: {name: laptop, namespace: patrol-demo}
+spec:
+  displayName: Alice's laptop kubectl
+  scopes: ["read:pods"]
+  expiration: {ttl: 7d}
+  secret: {retention: OneTime, revealWindow: 15m}
+  exchange: {audiences: [kubernetes-patrol]}
+YAML
+sed 's/^/  /' "$work/laptop.yaml"
+run kubectl --as alice --as-group developers apply -f "$work/laptop.yaml"
+k wait -n patrol-demo pat/laptop --for jsonpath='{.status.phase}'=Active --timeout 60s >/dev/null
+run kubectl get pat -n patrol-demo
+run kubectl get pat laptop -n patrol-demo -o jsonpath='{.spec.owner}{"\n"}'
+
+say "She reads it once from its Secret (deleted after 15 minutes, or when she acknowledges it)"
+PAT=$(k --as alice get secret laptop-token -n patrol-demo -o jsonpath='{.data.token}' | base64 -d)
+note "\$ PAT=\$(kubectl get secret laptop-token -o jsonpath='{.data.token}' | base64 -d)"
+note "PAT=$(mask "$PAT")   (scanner regex: \\bpatrol_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}\\b)"
+token_id=$(k get pat laptop -n patrol-demo -o jsonpath='{.status.tokenId}')
+run kubectl --as alice annotate pat laptop -n patrol-demo "patrol.dev/acknowledged=$token_id"
+for _ in $(seq 1 50); do k get secret laptop-token -n patrol-demo >/dev/null 2>&1 || break; sleep 0.2; done
+run kubectl get secret laptop-token -n patrol-demo || note "gone: the plaintext now exists only where Alice put it"
+
+# A kubeconfig with the server only; the credential comes from --token.
+cat >"$work/bare.kubeconfig" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: "https://127.0.0.1:$PATROL_APISERVER_PORT", certificate-authority: "$PATROL_CA"}}]
+users: [{name: bearer, user: {}}]
+contexts: [{name: bearer, context: {cluster: local, user: bearer, namespace: patrol-demo}}]
+current-context: bearer
+KUBECONFIG
+kt() { "$PATROL_BIN/kubectl" --kubeconfig "$work/bare.kubeconfig" "$@"; }
+
+say "kubectl with the PAT: the kube-apiserver asks patrol-webhook (TokenReview) who it is"
+printf '%s$ kubectl --token="$PAT" auth whoami%s\n' "$bold" "$reset"
+kt --token="$PAT" auth whoami | sed 's/^/  /'
+printf '%s$ kubectl --token="$PAT" get pods%s\n' "$bold" "$reset"
+kt --token="$PAT" get pods 2>&1 | sed 's/^/  /'
+printf '%s$ kubectl --token="$PAT" get secrets   # no scope grants it%s\n' "$bold" "$reset"
+kt --token="$PAT" get secrets 2>&1 | sed 's/^/  /' || true
+
+say "Exchange the PAT for a short-lived JWT (RFC 8693): examples/clients/exchange.sh"
+export PATROL_URL=$PATROL_WEBHOOK_URL PATROL_CA
+printf '%s$ PAT=... examples/clients/exchange.sh kubernetes-patrol read:pods%s\n' "$bold" "$reset"
+answer=$(PAT=$PAT examples/clients/exchange.sh kubernetes-patrol read:pods)
+JWT=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$answer")
+python3 -c 'import json,sys; a=json.load(sys.stdin); a["access_token"]=a["access_token"][:16]+"…"; print(json.dumps(a, indent=2))' \
+  <<<"$answer" | sed 's/^/  /'
+note "Any OIDC library verifies it from discovery + JWKS, e.g. PyJWT:"
+printf '%s$ examples/clients/verify_jwt.py --issuer %s --audience kubernetes-patrol --ca $PATROL_CA <<<"$JWT"%s\n' \
+  "$bold" "$PATROL_WEBHOOK_URL" "$reset"
+"$python" examples/clients/verify_jwt.py --issuer "$PATROL_WEBHOOK_URL" --audience kubernetes-patrol --ca "$PATROL_CA" \
+  <<<"$JWT" | sed 's/^/  /'
+note "...and so does the kube-apiserver (structured authentication configuration):"
+printf '%s$ kubectl --token="$JWT" auth whoami%s\n' "$bold" "$reset"
+for _ in $(seq 1 40); do kt --token="$JWT" auth whoami >/dev/null 2>&1 && break; sleep 0.5; done
+kt --token="$JWT" auth whoami 2>&1 | sed 's/^/  /'
+
+say "A workload exchanges a PAT as itself: examples/workload-exchange.yaml"
+note "A ServiceAccount, a PAT that only it may exchange, and the Job that would do so"
+note "(no kubelet here: the demo runs the Job's exchange itself, with the ServiceAccount's token)."
+run kubectl --as alice --as-group developers apply -n patrol-demo -f examples/workload-exchange.yaml
+k wait -n patrol-demo pat/reports --for jsonpath='{.status.phase}'=Active --timeout 60s >/dev/null
+WORKLOAD_PAT=$(k get secret reports-pat -n patrol-demo -o jsonpath='{.data.token}' | base64 -d)
+ACTOR=$(k create token report-builder -n patrol-demo --duration 10m)
+printf '%s$ ACTOR_TOKEN=$(kubectl create token report-builder) PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"
+WORKLOAD_JWT=$(ACTOR_TOKEN=$ACTOR PAT=$WORKLOAD_PAT examples/clients/exchange.sh kubernetes-patrol |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+"$python" examples/clients/verify_jwt.py --issuer "$PATROL_WEBHOOK_URL" --audience kubernetes-patrol --ca "$PATROL_CA" \
+  <<<"$WORKLOAD_JWT" | python3 -c 'import json,sys; c=json.load(sys.stdin); print("  sub:", c["sub"], "  act:", json.dumps(c.get("act")), "  scope:", c.get("scope"))'
+note "Another ServiceAccount may not act with this PAT:"
+k create serviceaccount intruder -n patrol-demo --dry-run=client -o yaml | k apply -f - >/dev/null
+printf '%s$ ACTOR_TOKEN=$(kubectl create token intruder) PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"
+ACTOR_TOKEN=$(k create token intruder -n patrol-demo --duration 10m) PAT=$WORKLOAD_PAT \
+  examples/clients/exchange.sh kubernetes-patrol | sed 's/^/  /'
+
+say "A service asks whether a token is good (RFC 7662): examples/clients/introspect.sh"
+k create serviceaccount demo-api -n patrol-demo --dry-run=client -o yaml | k apply -f - >/dev/null
+cat <<'YAML' | k apply -f - >/dev/null
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: patrol-demo-introspection}
+rules: [{apiGroups: [patrol.dev], resources: [tokenintrospections], verbs: [create]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: patrol-demo-introspection}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: patrol-demo-introspection}
+subjects: [{kind: ServiceAccount, name: demo-api, namespace: patrol-demo}]
+YAML
+CALLER=$(k create token demo-api -n patrol-demo --duration 10m)
+introspect() { CALLER_TOKEN=$CALLER TOKEN=$1 examples/clients/introspect.sh; }
+printf '%s$ CALLER_TOKEN=$(kubectl create token demo-api) TOKEN="$PAT" examples/clients/introspect.sh%s\n' "$bold" "$reset"
+introspect "$PAT" | python3 -m json.tool | sed 's/^/  /'
+
+say "Alice revokes the token"
+run kubectl --as alice patch pat laptop -n patrol-demo --type merge -p '{"spec":{"revoked":true}}'
+k wait -n patrol-demo pat/laptop --for jsonpath='{.status.phase}'=Revoked --timeout 30s >/dev/null
+run kubectl get pat -n patrol-demo
+printf '%s$ kubectl --token="$PAT" get pods%s\n' "$bold" "$reset"
+if kt --token="$PAT" get pods 2>&1 | sed 's/^/  /'; then echo "a revoked PAT still works" >&2; exit 1; fi
+printf '%s$ curl .../oauth2/introspect -d token="$PAT"; ... -d token="$JWT"%s\n' "$bold" "$reset"
+printf '  PAT: %s\n  JWT: %s\n' "$(introspect "$PAT")" "$(introspect "$JWT")"
+note "The JWT's PAT is gone, so introspection calls it inactive at once; the kube-apiserver"
+note "verifies JWTs offline and accepts this one until it expires (15m here, from the policy)."
+printf '%s$ PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"
+PAT=$PAT examples/clients/exchange.sh kubernetes-patrol | sed 's/^/  /'
+
+say "No token reached the binaries' logs"
+for f in "$work/operator.log" "$work/webhook.log"; do
+  if grep -qF -e "$PAT" -e "$JWT" -e "$WORKLOAD_PAT" -e "$WORKLOAD_JWT" "$f"; then echo "a token leaked into $f" >&2; exit 1; fi
+  note "$f: $(wc -l <"$f") lines, no token"
+done
+say "Done"

@@ -24,4 +24,17 @@ if ((${#missing[@]})); then
     echo "missing: ${apt_pkgs[*]}; install them with your package manager" >&2; exit 1
   fi
 fi
+# `ensure-tools.sh python`: a Python with PyJWT (examples/clients/verify_jwt.py), in a
+# virtualenv in the cache; prints its interpreter.
+if [[ ${1:-} == python ]]; then
+  cache=${PATROL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/patrol}
+  venv=$cache/python
+  if ! "$venv/bin/python" -c 'import jwt, cryptography' 2>/dev/null; then
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "pyjwt[crypto]>=2.9" >&2
+  fi
+  echo "$venv/bin/python"
+  exit 0
+fi
 "$here/build-control-plane.sh" all >/dev/null

@@ -15,6 +15,8 @@ use std::{
     time::Duration,
 };
 
+pub mod chart;
+pub mod load;
 pub mod operator;
 pub mod process;
 

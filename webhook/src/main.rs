@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use patrol_webhook::{
     limiter::LimitConfig,
+    oauth::OAuthSettings,
     routes::HttpLimits,
     server::{Settings, run},
     tls::install_ring_provider,
@@ -14,7 +15,8 @@ use patrol_webhook::{
 };
 
 /// Patrol's token service: authenticates PersonalAccessTokens for the kube-apiserver
-/// (TokenReview webhook) over HTTPS.
+/// (TokenReview webhook) and admits PersonalAccessTokens and TokenPolicies (admission
+/// webhooks) over HTTPS.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -84,6 +86,27 @@ struct Args {
     /// Largest TokenReview body, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     review_body_limit: usize,
+    /// Largest AdmissionReview body (/mutate, /validate), in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    admission_body_limit: usize,
+    /// Issuer of exchanged tokens, e.g. `https://patrol.example`: enables /oauth2/token,
+    /// /oauth2/introspect, /.well-known/openid-configuration and /jwks. Must equal the
+    /// `issuer.url` of the kube-apiserver's JWT authenticator, byte for byte.
+    #[arg(long, env = "PATROL_ISSUER")]
+    issuer: Option<String>,
+    /// Secret (in --namespace) holding the signing keys of exchanged tokens.
+    #[arg(long, default_value = "patrol-signing-keys")]
+    signing_keys_secret: String,
+    /// How long each signing key signs before the next one (published a period ahead) takes over.
+    #[arg(long, default_value = "30d", value_parser = duration)]
+    signing_key_rotation: Duration,
+    /// Longest lifetime of an exchanged token, whatever policy allows; a retired signing
+    /// key stays published this long (plus 5m of clock skew).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    max_exchanged_token_ttl: Duration,
+    /// Largest /oauth2/token or /oauth2/introspect body, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    oauth_body_limit: usize,
     /// Time in-flight requests get to finish on SIGTERM.
     #[arg(long, default_value = "15s", value_parser = duration)]
     shutdown_grace: Duration,
@@ -151,9 +174,23 @@ async fn main() -> anyhow::Result<()> {
         http: HttpLimits {
             request_timeout: args.request_timeout,
             review_body_limit: args.review_body_limit,
+            admission_body_limit: args.admission_body_limit,
+            oauth_body_limit: args.oauth_body_limit,
             ..HttpLimits::default()
         },
         last_used_debounce: args.last_used_debounce,
+        oauth: match &args.issuer {
+            None => None,
+            Some(issuer) => Some(
+                OAuthSettings::new(
+                    issuer,
+                    args.signing_keys_secret.clone(),
+                    args.signing_key_rotation,
+                    args.max_exchanged_token_ttl,
+                )
+                .map_err(anyhow::Error::msg)?,
+            ),
+        },
         shutdown_grace: args.shutdown_grace,
     };
     let client = kube::Client::try_default().await?;

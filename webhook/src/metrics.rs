@@ -40,6 +40,41 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `mutate` or `validate`.
+    pub webhook: &'static str,
+    /// `PersonalAccessToken`, `TokenPolicy` or `other`.
+    pub kind: &'static str,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    pub operation: &'static str,
+    /// `true` or `false`.
+    pub allowed: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionDenialLabels {
+    pub kind: &'static str,
+    /// `invalid`, `policy`, `escalation` or `unavailable`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OAuthLabels {
+    /// `token` or `introspect`.
+    pub endpoint: &'static str,
+    /// `issued`, `active`, `inactive`, or the RFC 6749 / RFC 6750 error code.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamReviewLabels {
+    /// `token_review` or `access_review`.
+    pub kind: &'static str,
+    /// `accepted`, `rejected`, `allowed`, `denied` or `error`.
+    pub result: &'static str,
+}
+
 /// All metric families, registered once at startup and shared by every part.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +94,14 @@ pub struct Metrics {
     pub index_watch_errors: Counter,
     pub last_used_writes: Family<ResultLabels, Counter>,
     pub tls_reloads: Family<ResultLabels, Counter>,
+    pub admission_reviews: Family<AdmissionLabels, Counter>,
+    pub admission_denials: Family<AdmissionDenialLabels, Counter>,
+    pub access_reviews: Family<ResultLabels, Counter>,
+    pub admission_synced: Gauge,
+    pub oauth_requests: Family<OAuthLabels, Counter>,
+    pub oauth_upstream_reviews: Family<UpstreamReviewLabels, Counter>,
+    pub signing_key_writes: Family<ResultLabels, Counter>,
+    pub signing_keys: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -170,6 +213,54 @@ impl Default for Metrics {
             "Serving certificate reloads by result",
             tls_reloads.clone(),
         );
+        let admission_reviews = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_reviews",
+            "AdmissionReviews answered, by webhook, kind, operation and whether allowed",
+            admission_reviews.clone(),
+        );
+        let admission_denials = Family::<AdmissionDenialLabels, Counter>::default();
+        registry.register(
+            "admission_denials",
+            "Denied AdmissionReviews by kind and reason (one count per reason present)",
+            admission_denials.clone(),
+        );
+        let access_reviews = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "admission_access_reviews",
+            "SubjectAccessReviews for owner impersonation, by result (allowed, denied, error)",
+            access_reviews.clone(),
+        );
+        let admission_synced = Gauge::default();
+        registry.register(
+            "admission_synced",
+            "1 once the TokenPolicy and Namespace caches of admission have synced",
+            admission_synced.clone(),
+        );
+        let oauth_requests = Family::<OAuthLabels, Counter>::default();
+        registry.register(
+            "oauth_requests",
+            "Token exchange and introspection requests by endpoint and outcome",
+            oauth_requests.clone(),
+        );
+        let oauth_upstream_reviews = Family::<UpstreamReviewLabels, Counter>::default();
+        registry.register(
+            "oauth_upstream_reviews",
+            "TokenReviews (actor tokens, introspection callers) and SubjectAccessReviews by result",
+            oauth_upstream_reviews.clone(),
+        );
+        let signing_key_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "signing_key_writes",
+            "Writes of the signing-key Secret by result (created, rotated, conflict, error)",
+            signing_key_writes.clone(),
+        );
+        let signing_keys = Gauge::default();
+        registry.register(
+            "signing_keys",
+            "Signing keys held (previous, current and next)",
+            signing_keys.clone(),
+        );
         Self {
             registry,
             requests,
@@ -188,6 +279,14 @@ impl Default for Metrics {
             index_watch_errors,
             last_used_writes,
             tls_reloads,
+            admission_reviews,
+            admission_denials,
+            access_reviews,
+            admission_synced,
+            oauth_requests,
+            oauth_upstream_reviews,
+            signing_key_writes,
+            signing_keys,
         }
     }
 }
@@ -223,6 +322,54 @@ impl Metrics {
 
     pub fn record_last_used_write(&self, result: &'static str) {
         self.last_used_writes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn record_admission(
+        &self,
+        webhook: &'static str,
+        kind: &'static str,
+        operation: &'static str,
+        allowed: bool,
+    ) {
+        let allowed = if allowed { "true" } else { "false" };
+        self.admission_reviews
+            .get_or_create(&AdmissionLabels {
+                webhook,
+                kind,
+                operation,
+                allowed,
+            })
+            .inc();
+    }
+
+    pub fn record_admission_denial(&self, kind: &'static str, reason: &'static str) {
+        self.admission_denials
+            .get_or_create(&AdmissionDenialLabels { kind, reason })
+            .inc();
+    }
+
+    pub fn record_access_review(&self, result: &'static str) {
+        self.access_reviews
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn record_oauth(&self, endpoint: &'static str, outcome: &'static str) {
+        self.oauth_requests
+            .get_or_create(&OAuthLabels { endpoint, outcome })
+            .inc();
+    }
+
+    pub fn record_upstream_review(&self, kind: &'static str, result: &'static str) {
+        self.oauth_upstream_reviews
+            .get_or_create(&UpstreamReviewLabels { kind, result })
+            .inc();
+    }
+
+    pub fn record_signing_key_write(&self, result: &'static str) {
+        self.signing_key_writes
             .get_or_create(&ResultLabels { result })
             .inc();
     }

@@ -1,5 +1,6 @@
-//! Wiring: the record watch, the lastUsedAt writer, housekeeping, certificate reloading and
-//! the HTTPS server, started together by [`run`].
+//! Wiring: the record watch, the admission caches (TokenPolicies, Namespaces), the
+//! lastUsedAt writer, housekeeping, certificate reloading and the HTTPS server, started
+//! together by [`run`].
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -13,9 +14,14 @@ use kube::{Api, Client};
 use tracing::info;
 
 use crate::{
+    admission::{Admission, KubeCluster, SubjectAccessReviewer},
     index::{self, RecordIndex},
+    issuer::Issuer,
     metrics::Metrics,
+    oauth::OAuthSettings,
+    reviews::KubeReviewer,
     routes::{self, AppContext, AppState, HttpLimits},
+    signing::{self, KeyStore, SigningKeys},
     tls::{self, CertificateFiles, CertificateReloader},
     token_review::IdentityMapping,
     usage::{self, KubePatActivity, UsageRecorder},
@@ -37,6 +43,8 @@ pub struct Settings {
     pub http: HttpLimits,
     /// At most one `lastUsedAt` write per token per this interval (per replica).
     pub last_used_debounce: Duration,
+    /// The OAuth issuer (token exchange, introspection, discovery, JWKS); off when `None`.
+    pub oauth: Option<OAuthSettings>,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace: Duration,
 }
@@ -62,11 +70,46 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
     );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let issuer = match &settings.oauth {
+        None => None,
+        Some(oauth) => {
+            let keys = Arc::new(SigningKeys::default());
+            let store = KeyStore {
+                namespace: settings.namespace.clone(),
+                name: oauth.signing_secret.clone(),
+                rotation: oauth.rotation,
+            };
+            tokio::spawn(signing::run(
+                secrets.clone(),
+                store,
+                keys.clone(),
+                metrics.clone(),
+            ));
+            let issuer = Issuer::new(
+                oauth.clone(),
+                keys,
+                validator.clone(),
+                settings.identity.clone(),
+                Arc::new(KubeReviewer::new(client.clone())),
+                metrics.clone(),
+            )
+            .context("creating the OAuth issuer")?;
+            info!(issuer = %oauth.issuer, "OAuth endpoints enabled");
+            Some(Arc::new(issuer))
+        }
+    };
     let on_change = {
         let validator = validator.clone();
         move |ids: &[_]| validator.on_index_change(ids)
     };
     tokio::spawn(index::run_watch(secrets, index, on_change));
+    let (cluster, admission_watches) = KubeCluster::new(client.clone(), metrics.clone());
+    tokio::spawn(admission_watches);
+    let admission = Arc::new(Admission::new(
+        cluster,
+        Arc::new(SubjectAccessReviewer::new(client.clone())),
+        metrics.clone(),
+    ));
     tokio::spawn(usage::run_writer(client, usage_rx, metrics.clone()));
     {
         let validator = validator.clone();
@@ -97,8 +140,13 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
         validator,
         identity: settings.identity.clone(),
         metrics,
+        admission,
     }));
     let app = routes::router(state, &settings.http);
+    let app = match issuer {
+        Some(issuer) => app.layer(axum::Extension(issuer)),
+        None => app,
+    };
 
     let handle = Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone(), settings.shutdown_grace));

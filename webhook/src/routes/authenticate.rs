@@ -134,6 +134,7 @@ mod tests {
             validator: validator.clone(),
             identity,
             metrics: h.metrics,
+            admission: crate::admission::tests::synced(),
         }));
         (router(state, &HttpLimits::default()), validator)
     }
@@ -329,6 +330,7 @@ mod tests {
             validator,
             identity: IdentityMapping::default(),
             metrics,
+            admission: crate::admission::tests::synced(),
         }));
         let app = router(state, &HttpLimits::default());
         let token = patrol_api::token::generate().unwrap();

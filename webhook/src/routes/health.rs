@@ -1,5 +1,6 @@
 //! Liveness and readiness. Live while the process serves; ready once the token record
-//! index has synced, which is also when validation starts.
+//! index has synced, which is also when validation starts, and the admission caches
+//! (TokenPolicies, Namespaces) have too.
 
 use axum::{Router, extract::State, response::IntoResponse, routing::get};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -17,9 +18,14 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn readyz(State(state): State<AppState>) -> axum::response::Response {
-    if state.validator.is_ready() {
-        "ok".into_response()
-    } else {
+    if !state.validator.is_ready() {
         ApiError::unavailable("the token record index has not synced yet").into_response()
+    } else if !state.admission.is_ready() {
+        ApiError::unavailable(
+            "the TokenPolicy and Namespace caches of admission have not synced yet",
+        )
+        .into_response()
+    } else {
+        "ok".into_response()
     }
 }

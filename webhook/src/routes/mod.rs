@@ -22,19 +22,27 @@ use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use crate::{metrics::Metrics, token_review::IdentityMapping, validate::Validator};
 
+pub mod admission;
 pub mod authenticate;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod oauth;
 
 use error::ApiError;
 
 /// Every path served, as metric labels; anything else is `other`.
 pub const ROUTES: &[&str] = &[
+    admission::MUTATE,
+    admission::VALIDATE,
     authenticate::PATH,
     health::HEALTHZ,
     health::READYZ,
     metrics::PATH,
+    oauth::TOKEN,
+    oauth::INTROSPECT,
+    oauth::DISCOVERY,
+    oauth::JWKS,
 ];
 
 /// Limits applied to requests.
@@ -46,6 +54,10 @@ pub struct HttpLimits {
     pub body_timeout: Duration,
     /// Largest TokenReview body accepted.
     pub review_body_limit: usize,
+    /// Largest AdmissionReview body accepted.
+    pub admission_body_limit: usize,
+    /// Largest /oauth2/token or /oauth2/introspect form accepted.
+    pub oauth_body_limit: usize,
 }
 
 impl Default for HttpLimits {
@@ -56,6 +68,12 @@ impl Default for HttpLimits {
             // A TokenReview carries one bearer token: PATs are 58 bytes, the largest JWTs
             // a few KiB. 64 KiB leaves room without inviting memory abuse.
             review_body_limit: 64 * 1024,
+            // An AdmissionReview carries the object and, on update, its old version; etcd
+            // stores objects up to 1.5 MiB, so two of them and the envelope fit in 4 MiB.
+            admission_body_limit: 4 * 1024 * 1024,
+            // A form with a PAT, an actor token (a ServiceAccount JWT, ~1-2 KiB) and a few
+            // audiences; 64 KiB is generous.
+            oauth_body_limit: 64 * 1024,
         }
     }
 }
@@ -65,6 +83,7 @@ pub struct AppContext {
     pub validator: Arc<Validator>,
     pub identity: IdentityMapping,
     pub metrics: Arc<Metrics>,
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 #[derive(Clone)]
@@ -81,9 +100,11 @@ impl std::ops::Deref for AppState {
 /// The whole application.
 pub fn router(state: AppState, limits: &HttpLimits) -> Router {
     Router::new()
+        .merge(admission::routes(limits))
         .merge(authenticate::routes(limits))
         .merge(health::routes())
         .merge(metrics::routes())
+        .merge(oauth::routes(limits))
         .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
         .layer(
             ServiceBuilder::new()
