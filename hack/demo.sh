@@ -20,6 +20,15 @@ bold=$'\033[1m' dim=$'\033[2m' reset=$'\033[0m'
 say() { printf '\n%s== %s%s\n' "$bold" "$*" "$reset"; }
 note() { printf '%s   %s%s\n' "$dim" "$*" "$reset"; }
 run() { printf '%s$ %s%s\n' "$bold" "$*" "$reset"; "$@" 2>&1 | sed 's/^/  /'; return "${PIPESTATUS[0]}"; }
+# access_token: the access_token of an RFC 8693 answer on stdin, or the answer on stderr.
+access_token() {
+  python3 -c 'import json,sys
+answer = sys.stdin.read()
+try:
+    print(json.loads(answer)["access_token"])
+except (ValueError, KeyError):
+    sys.exit("token exchange failed: " + answer)'
+}
 # mask TOKEN: what the demo prints of a secret: its start and its last four characters.
 mask() { printf '%s…%s' "${1:0:14}" "${1: -4}"; }
 
@@ -71,6 +80,13 @@ k() { "$PATROL_BIN/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 kubectl() { k "$@"; } # so the narrated commands read as people type them
 helm() { "$PATROL_BIN/helm" --kubeconfig "$kubeconfig" "$@"; }
 run kubectl version
+# A previous run's namespaces may still be going away.
+for ns in patrol-system patrol-demo; do
+  if [[ $(k get namespace "$ns" -o jsonpath='{.status.phase}' 2>/dev/null) == Terminating ]]; then
+    note "waiting for namespace $ns (from an earlier run) to finish terminating"
+    k wait --for=delete "namespace/$ns" --timeout=120s >/dev/null
+  fi
+done
 
 say "Installing the Helm chart into patrol-system (CRDs, RBAC, Services, configuration)"
 note "The chart's own webhook configurations point at its Service, which has no pods here,"
@@ -82,7 +98,8 @@ if k get crd personalaccesstokens.patrol.dev >/dev/null 2>&1 &&
   crd_values=(--set crds.install=false)
 fi
 run helm upgrade --install patrol charts/patrol --namespace patrol-system --create-namespace \
-  --set admission.enabled=false "${crd_values[@]}"
+  --set admission.enabled=false "${crd_values[@]}" | sed '/^  NOTES:/,$d'
+note "(helm prints NOTES.txt, a first-token walk-through; this demo is a longer one)"
 k wait --for condition=Established crd/personalaccesstokens.patrol.dev crd/tokenpolicies.patrol.dev >/dev/null
 
 # A kubeconfig per ServiceAccount, holding nothing but its token.
@@ -103,11 +120,11 @@ KUBECONFIG
 say "Running patrol-operator and patrol-webhook as the chart's ServiceAccounts"
 operator_kc=$(sa_kubeconfig patrol-operator)
 webhook_kc=$(sa_kubeconfig patrol-webhook)
-KUBECONFIG=$operator_kc RUST_LOG=info,kube=warn "$target/patrol-operator" \
+KUBECONFIG=$operator_kc RUST_LOG=${PATROL_DEMO_LOG:-info,kube=warn} "$target/patrol-operator" \
   --namespace patrol-system --metrics-addr 127.0.0.1:0 --lease-name patrol-operator \
   >"$work/operator.log" 2>&1 &
 pids+=($!)
-KUBECONFIG=$webhook_kc RUST_LOG=info,kube=warn "$target/patrol-webhook" \
+KUBECONFIG=$webhook_kc RUST_LOG=${PATROL_DEMO_LOG:-info,kube=warn} "$target/patrol-webhook" \
   --listen "127.0.0.1:$PATROL_WEBHOOK_PORT" --namespace patrol-system \
   --tls-cert "$PATROL_WEBHOOK_CERT" --tls-key "$PATROL_WEBHOOK_KEY" \
   --issuer "$PATROL_WEBHOOK_URL" --signing-keys-secret patrol-signing-keys --shutdown-grace 1s \
@@ -146,13 +163,16 @@ note "...and lets the read:pods scope read pods (scopes become groups: patrol:sc
 k create role pod-reader -n patrol-demo --verb get,list --resource pods --dry-run=client -o yaml | k apply -f - >/dev/null
 k create rolebinding pod-readers -n patrol-demo --role pod-reader --group 'patrol:scope:read:pods' \
   --dry-run=client -o yaml | k apply -f - >/dev/null
-# Alice administers the namespace (the built-in admin role) and may manage tokens in it.
+# Alice may manage her tokens, read and delete the Secrets they arrive in, and deploy the
+# workload example; reading pods is what her token's scope will add.
 k create role token-owner -n patrol-demo --verb get,list,watch,create,update,patch,delete \
   --resource personalaccesstokens.patrol.dev --dry-run=client -o yaml | k apply -f - >/dev/null
-k create rolebinding alice-token-owner -n patrol-demo --role token-owner --user alice \
-  --dry-run=client -o yaml | k apply -f - >/dev/null
-k create rolebinding alice-admin -n patrol-demo --clusterrole admin --user alice \
-  --dry-run=client -o yaml | k apply -f - >/dev/null
+k create role token-reader -n patrol-demo --verb get,delete --resource secrets --dry-run=client -o yaml | k apply -f - >/dev/null
+k create role workload-deployer -n patrol-demo --verb get,list,create,update,patch \
+  --resource serviceaccounts,jobs.batch --dry-run=client -o yaml | k apply -f - >/dev/null
+for role in token-owner token-reader workload-deployer; do
+  k create rolebinding "alice-$role" -n patrol-demo --role "$role" --user alice --dry-run=client -o yaml | k apply -f - >/dev/null
+done
 
 say "Alice asks for a token that breaks the policy: admission says why"
 cat >"$work/too-long.yaml" <<'YAML'
@@ -209,16 +229,16 @@ kt() { "$PATROL_BIN/kubectl" --kubeconfig "$work/bare.kubeconfig" "$@"; }
 say "kubectl with the PAT: the kube-apiserver asks patrol-webhook (TokenReview) who it is"
 printf '%s$ kubectl --token="$PAT" auth whoami%s\n' "$bold" "$reset"
 kt --token="$PAT" auth whoami | sed 's/^/  /'
-printf '%s$ kubectl --token="$PAT" get pods%s\n' "$bold" "$reset"
+printf '%s$ kubectl --token="$PAT" get pods   # the read:pods scope group may%s\n' "$bold" "$reset"
 kt --token="$PAT" get pods 2>&1 | sed 's/^/  /'
-printf '%s$ kubectl --token="$PAT" get secrets   # no scope grants it%s\n' "$bold" "$reset"
-kt --token="$PAT" get secrets 2>&1 | sed 's/^/  /' || true
+printf '%s$ kubectl --token="$PAT" get secrets   # nothing grants alice this%s\n' "$bold" "$reset"
+if kt --token="$PAT" get secrets 2>&1 | sed 's/^/  /'; then echo "the PAT may list Secrets" >&2; exit 1; fi
 
 say "Exchange the PAT for a short-lived JWT (RFC 8693): examples/clients/exchange.sh"
 export PATROL_URL=$PATROL_WEBHOOK_URL PATROL_CA
 printf '%s$ PAT=... examples/clients/exchange.sh kubernetes-patrol read:pods%s\n' "$bold" "$reset"
 answer=$(PAT=$PAT examples/clients/exchange.sh kubernetes-patrol read:pods)
-JWT=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' <<<"$answer")
+JWT=$(access_token <<<"$answer")
 python3 -c 'import json,sys; a=json.load(sys.stdin); a["access_token"]=a["access_token"][:16]+"…"; print(json.dumps(a, indent=2))' \
   <<<"$answer" | sed 's/^/  /'
 note "Any OIDC library verifies it from discovery + JWKS, e.g. PyJWT:"
@@ -239,8 +259,7 @@ k wait -n patrol-demo pat/reports --for jsonpath='{.status.phase}'=Active --time
 WORKLOAD_PAT=$(k get secret reports-pat -n patrol-demo -o jsonpath='{.data.token}' | base64 -d)
 ACTOR=$(k create token report-builder -n patrol-demo --duration 10m)
 printf '%s$ ACTOR_TOKEN=$(kubectl create token report-builder) PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"
-WORKLOAD_JWT=$(ACTOR_TOKEN=$ACTOR PAT=$WORKLOAD_PAT examples/clients/exchange.sh kubernetes-patrol |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+WORKLOAD_JWT=$(ACTOR_TOKEN=$ACTOR PAT=$WORKLOAD_PAT examples/clients/exchange.sh kubernetes-patrol | access_token)
 "$python" examples/clients/verify_jwt.py --issuer "$PATROL_WEBHOOK_URL" --audience kubernetes-patrol --ca "$PATROL_CA" \
   <<<"$WORKLOAD_JWT" | python3 -c 'import json,sys; c=json.load(sys.stdin); print("  sub:", c["sub"], "  act:", json.dumps(c.get("act")), "  scope:", c.get("scope"))'
 note "Another ServiceAccount may not act with this PAT:"
@@ -272,10 +291,19 @@ say "Alice revokes the token"
 run kubectl --as alice patch pat laptop -n patrol-demo --type merge -p '{"spec":{"revoked":true}}'
 k wait -n patrol-demo pat/laptop --for jsonpath='{.status.phase}'=Revoked --timeout 30s >/dev/null
 run kubectl get pat -n patrol-demo
-printf '%s$ kubectl --token="$PAT" get pods%s\n' "$bold" "$reset"
-if kt --token="$PAT" get pods 2>&1 | sed 's/^/  /'; then echo "a revoked PAT still works" >&2; exit 1; fi
+revoked_at=$SECONDS
+note "Patrol refuses it at once:"
 printf '%s$ curl .../oauth2/introspect -d token="$PAT"; ... -d token="$JWT"%s\n' "$bold" "$reset"
 printf '  PAT: %s\n  JWT: %s\n' "$(introspect "$PAT")" "$(introspect "$JWT")"
+note "The kube-apiserver remembers each successful token authentication for 10 s (built in),"
+note "so kubectl with the PAT works until that runs out:"
+printf '%s$ kubectl --token="$PAT" get pods   # until it fails%s\n' "$bold" "$reset"
+until ! kt --token="$PAT" get pods >/dev/null 2>&1; do
+  (( SECONDS - revoked_at < 30 )) || { echo "a revoked PAT still works after 30 s" >&2; exit 1; }
+  sleep 0.5
+done
+kt --token="$PAT" get pods 2>&1 | sed 's/^/  /' || true
+note "refused $(( SECONDS - revoked_at )) s after the revocation"
 note "The JWT's PAT is gone, so introspection calls it inactive at once; the kube-apiserver"
 note "verifies JWTs offline and accepts this one until it expires (15m here, from the policy)."
 printf '%s$ PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"

@@ -12,14 +12,16 @@ set -euo pipefail
 : "${PAT:?set PAT to the personal access token}"
 args=(--silent --show-error "$PATROL_URL/oauth2/token"
   --data grant_type=urn:ietf:params:oauth:grant-type:token-exchange
-  --data subject_token_type=urn:ietf:params:oauth:token-type:access_token
-  --data-urlencode "subject_token@"<(printf '%s' "$PAT"))
+  --data subject_token_type=urn:ietf:params:oauth:token-type:access_token)
 [[ -n ${PATROL_CA:-} ]] && args+=(--cacert "$PATROL_CA")
 [[ -n ${1:-} ]] && args+=(--data-urlencode "audience=$1")
 [[ -n ${2:-} ]] && args+=(--data-urlencode "scope=$2")
+# Process substitutions live only as long as the command they are part of.
 if [[ -n ${ACTOR_TOKEN:-} ]]; then
-  args+=(--data actor_token_type=urn:ietf:params:oauth:token-type:jwt
-    --data-urlencode "actor_token@"<(printf '%s' "$ACTOR_TOKEN"))
+  curl "${args[@]}" --data-urlencode "subject_token@"<(printf '%s' "$PAT") \
+    --data actor_token_type=urn:ietf:params:oauth:token-type:jwt \
+    --data-urlencode "actor_token@"<(printf '%s' "$ACTOR_TOKEN")
+else
+  curl "${args[@]}" --data-urlencode "subject_token@"<(printf '%s' "$PAT")
 fi
-curl "${args[@]}"
 echo

@@ -9,11 +9,11 @@
 # docs/token-exchange.md#introspection). Optional: PATROL_CA.
 set -euo pipefail
 : "${PATROL_URL:?set PATROL_URL to the token service, e.g. https://patrol.example.com}"
-: "${CALLER_TOKEN:?set CALLER_TOKEN to the calling service's own token}"
+: "${CALLER_TOKEN:?set CALLER_TOKEN to the token of the service that asks}"
 : "${TOKEN:?set TOKEN to the PAT or JWT to check}"
-args=(--silent --show-error "$PATROL_URL/oauth2/introspect"
-  --header @<(printf 'Authorization: Bearer %s\n' "$CALLER_TOKEN")
-  --data-urlencode "token@"<(printf '%s' "$TOKEN"))
+args=(--silent --show-error "$PATROL_URL/oauth2/introspect")
 [[ -n ${PATROL_CA:-} ]] && args+=(--cacert "$PATROL_CA")
-curl "${args[@]}"
+# Process substitutions live only as long as the command they are part of.
+curl "${args[@]}" --header @<(printf 'Authorization: Bearer %s\n' "$CALLER_TOKEN") \
+  --data-urlencode "token@"<(printf '%s' "$TOKEN")
 echo
