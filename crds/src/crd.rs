@@ -7,8 +7,14 @@ use crate::v1alpha1::{PersonalAccessToken, TokenPolicy};
 /// File name and YAML document for every CRD, in a stable order.
 pub fn all() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     Ok(vec![
-        ("patrol.dev_personalaccesstokens.yaml", render(&PersonalAccessToken::crd())?),
-        ("patrol.dev_tokenpolicies.yaml", render(&TokenPolicy::crd())?),
+        (
+            "patrol.dev_personalaccesstokens.yaml",
+            render(&PersonalAccessToken::crd())?,
+        ),
+        (
+            "patrol.dev_tokenpolicies.yaml",
+            render(&TokenPolicy::crd())?,
+        ),
     ])
 }
 
@@ -30,7 +36,10 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("generated");
         for (name, yaml) in all().expect("render") {
             let committed = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-            assert!(committed == yaml, "crds/generated/{name} is stale: run `make crds` and commit the result");
+            assert!(
+                committed == yaml,
+                "crds/generated/{name} is stale: run `make crds` and commit the result"
+            );
         }
     }
 }

@@ -59,31 +59,48 @@ pub fn parse(text: &str) -> Result<std::time::Duration, DurationError> {
     let mut total: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(DurationError::MissingNumber { text: text.to_owned(), rest: rest.to_owned() });
+            return Err(DurationError::MissingNumber {
+                text: text.to_owned(),
+                rest: rest.to_owned(),
+            });
         }
         let (number, after) = rest.split_at(digits);
         if number.len() > 9 {
             return Err(DurationError::Overflow(text.to_owned()));
         }
-        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
         if unit.is_empty() {
-            return Err(DurationError::MissingUnit { text: text.to_owned(), number: number.to_owned() });
+            return Err(DurationError::MissingUnit {
+                text: text.to_owned(),
+                number: number.to_owned(),
+            });
         }
         let Some(&(_, nanos)) = UNITS.iter().find(|(name, _)| *name == unit) else {
-            return Err(DurationError::UnknownUnit { text: text.to_owned(), unit: unit.to_owned() });
+            return Err(DurationError::UnknownUnit {
+                text: text.to_owned(),
+                unit: unit.to_owned(),
+            });
         };
-        let value: u128 = number.parse().map_err(|_| DurationError::Overflow(text.to_owned()))?;
+        let value: u128 = number
+            .parse()
+            .map_err(|_| DurationError::Overflow(text.to_owned()))?;
         total = value
             .checked_mul(nanos)
             .and_then(|n| total.checked_add(n))
             .ok_or_else(|| DurationError::Overflow(text.to_owned()))?;
         rest = next;
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| DurationError::Overflow(text.to_owned()))?;
-    let nanos = u32::try_from(total % 1_000_000_000).map_err(|_| DurationError::Overflow(text.to_owned()))?;
+    let secs = u64::try_from(total / 1_000_000_000)
+        .map_err(|_| DurationError::Overflow(text.to_owned()))?;
+    let nanos = u32::try_from(total % 1_000_000_000)
+        .map_err(|_| DurationError::Overflow(text.to_owned()))?;
     Ok(std::time::Duration::new(secs, nanos))
 }
 
@@ -258,8 +275,25 @@ mod tests {
         // for this pattern, so what the schema admits is exactly what `parse` reads.
         let re = regex::Regex::new(CEL_PATTERN).expect("pattern compiles");
         let corpus = [
-            "90d", "36h", "1h30m", "0s", "7µs", "500ms", "1d1h1m1s1ms1us1ns", "123456789s",
-            "1234567890s", "", "h", "1.5h", "10y", "-5m", " 5m", "5m ", "1h30", "1H", "1e3s",
+            "90d",
+            "36h",
+            "1h30m",
+            "0s",
+            "7µs",
+            "500ms",
+            "1d1h1m1s1ms1us1ns",
+            "123456789s",
+            "1234567890s",
+            "",
+            "h",
+            "1.5h",
+            "10y",
+            "-5m",
+            " 5m",
+            "5m ",
+            "1h30",
+            "1H",
+            "1e3s",
         ];
         for text in corpus {
             assert_eq!(re.is_match(text), parse(text).is_ok(), "{text:?}");

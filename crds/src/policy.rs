@@ -43,7 +43,9 @@
 use std::{borrow::Borrow, collections::BTreeMap, fmt, time::Duration as StdDuration};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, Time,
+};
 
 use crate::{
     duration::{self, Duration},
@@ -97,9 +99,13 @@ impl ScopePattern {
         if len > MAX_SCOPE_LEN {
             return Err(ScopePatternError::TooLong(len));
         }
-        let chars = validation::disallowed_chars(pattern, |c| validation::is_scope_char(c) || c == '?');
+        let chars =
+            validation::disallowed_chars(pattern, |c| validation::is_scope_char(c) || c == '?');
         if !chars.is_empty() {
-            return Err(ScopePatternError::InvalidChars { pattern: pattern.to_owned(), chars });
+            return Err(ScopePatternError::InvalidChars {
+                pattern: pattern.to_owned(),
+                chars,
+            });
         }
         Ok(Self(pattern.to_owned()))
     }
@@ -326,7 +332,12 @@ impl PolicySet {
 
     /// Policies that fail validation, with their errors (for the TokenPolicy's own status).
     pub fn invalid(&self) -> impl Iterator<Item = (&str, &[FieldError])> {
-        self.entries.iter().filter_map(|e| e.rules.as_ref().err().map(|errs| (e.name.as_str(), errs.as_slice())))
+        self.entries.iter().filter_map(|e| {
+            e.rules
+                .as_ref()
+                .err()
+                .map(|errs| (e.name.as_str(), errs.as_slice()))
+        })
     }
 
     /// The rules for a namespace with these labels (include `kubernetes.io/metadata.name`
@@ -368,11 +379,17 @@ impl Entry {
     fn new(name: String, spec: &TokenPolicySpec) -> Self {
         let selection = match &spec.namespace_selector {
             None => Selection::All,
-            Some(selector) if !validation::validate_label_selector("", selector).is_empty() => Selection::Malformed,
+            Some(selector) if !validation::validate_label_selector("", selector).is_empty() => {
+                Selection::Malformed
+            }
             Some(selector) if selector_is_empty(selector) => Selection::All,
             Some(selector) => Selection::Matching(selector.clone()),
         };
-        Self { name, selection, rules: Rules::compile(spec) }
+        Self {
+            name,
+            selection,
+            rules: Rules::compile(spec),
+        }
     }
 }
 
@@ -384,7 +401,12 @@ impl Rules {
         }
         // Validation passed, so these cannot fail; errors are still carried, not unwrapped.
         let parse = |field: &str, value: Option<&Duration>| {
-            value.map(|d| d.parse().map_err(|e| vec![FieldError::new(field, e.to_string())])).transpose()
+            value
+                .map(|d| {
+                    d.parse()
+                        .map_err(|e| vec![FieldError::new(field, e.to_string())])
+                })
+                .transpose()
         };
         let expiration = spec.expiration.as_ref();
         let secret = spec.secret.as_ref();
@@ -395,20 +417,33 @@ impl Rules {
                 globs
                     .iter()
                     .map(|g| {
-                        ScopePattern::new(g).map_err(|e| vec![FieldError::new("spec.allowedScopes", e.to_string())])
+                        ScopePattern::new(g)
+                            .map_err(|e| vec![FieldError::new("spec.allowedScopes", e.to_string())])
                     })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
         Ok(Self {
             expiration_required: expiration.is_some_and(|e| e.required),
-            default_lifetime: parse("spec.expiration.default", expiration.and_then(|e| e.default.as_ref()))?,
-            max_lifetime: parse("spec.expiration.max", expiration.and_then(|e| e.max.as_ref()))?,
+            default_lifetime: parse(
+                "spec.expiration.default",
+                expiration.and_then(|e| e.default.as_ref()),
+            )?,
+            max_lifetime: parse(
+                "spec.expiration.max",
+                expiration.and_then(|e| e.max.as_ref()),
+            )?,
             idle_timeout: parse("spec.idleTimeout", spec.idle_timeout.as_ref())?,
             allowed_scopes,
             allowed_retention: secret.and_then(|s| s.allowed_retention.clone()),
-            max_reveal_window: parse("spec.secret.maxRevealWindow", secret.and_then(|s| s.max_reveal_window.as_ref()))?,
-            exchange_max_ttl: parse("spec.exchange.maxTTL", exchange.and_then(|e| e.max_ttl.as_ref()))?,
+            max_reveal_window: parse(
+                "spec.secret.maxRevealWindow",
+                secret.and_then(|s| s.max_reveal_window.as_ref()),
+            )?,
+            exchange_max_ttl: parse(
+                "spec.exchange.maxTTL",
+                exchange.and_then(|e| e.max_ttl.as_ref()),
+            )?,
             exchange_audiences: exchange.and_then(|e| e.audiences.clone()),
             warn_before: parse(
                 "spec.rotation.warnBefore",
@@ -430,17 +465,34 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
 }
 
 fn selector_is_empty(selector: &LabelSelector) -> bool {
-    selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
-        && selector.match_expressions.as_ref().is_none_or(Vec::is_empty)
+    selector
+        .match_labels
+        .as_ref()
+        .is_none_or(BTreeMap::is_empty)
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(Vec::is_empty)
 }
 
 /// `matchLabels` AND every `matchExpressions` requirement; the selector must be valid.
 fn matches_valid(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    selector.match_labels.iter().flatten().all(|(key, value)| labels.get(key) == Some(value))
-        && selector.match_expressions.iter().flatten().all(|r| requirement_matches(r, labels))
+    selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key) == Some(value))
+        && selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|r| requirement_matches(r, labels))
 }
 
-fn requirement_matches(requirement: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+fn requirement_matches(
+    requirement: &LabelSelectorRequirement,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let value = labels.get(&requirement.key);
     let values = requirement.values.as_deref().unwrap_or_default();
     match requirement.operator.as_str() {
@@ -513,7 +565,11 @@ fn show_time(t: DateTime<Utc>) -> String {
 }
 
 fn list<T: fmt::Display>(values: &[T]) -> String {
-    values.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl EffectivePolicy {
@@ -522,20 +578,59 @@ impl EffectivePolicy {
         if rules.expiration_required && self.expiration_required_by.is_none() {
             self.expiration_required_by = Some(name.to_owned());
         }
-        tighten(&mut self.default_lifetime, rules.default_lifetime, name, |new, old| new < old);
-        tighten(&mut self.max_lifetime, rules.max_lifetime, name, |new, old| new < old);
-        tighten(&mut self.idle_timeout, rules.idle_timeout, name, |new, old| new < old);
-        tighten(&mut self.max_reveal_window, rules.max_reveal_window, name, |new, old| new < old);
-        tighten(&mut self.exchange_max_ttl, rules.exchange_max_ttl, name, |new, old| new < old);
-        tighten(&mut self.warn_before, rules.warn_before, name, |new, old| new > old);
+        tighten(
+            &mut self.default_lifetime,
+            rules.default_lifetime,
+            name,
+            |new, old| new < old,
+        );
+        tighten(
+            &mut self.max_lifetime,
+            rules.max_lifetime,
+            name,
+            |new, old| new < old,
+        );
+        tighten(
+            &mut self.idle_timeout,
+            rules.idle_timeout,
+            name,
+            |new, old| new < old,
+        );
+        tighten(
+            &mut self.max_reveal_window,
+            rules.max_reveal_window,
+            name,
+            |new, old| new < old,
+        );
+        tighten(
+            &mut self.exchange_max_ttl,
+            rules.exchange_max_ttl,
+            name,
+            |new, old| new < old,
+        );
+        tighten(
+            &mut self.warn_before,
+            rules.warn_before,
+            name,
+            |new, old| new > old,
+        );
         if let Some(patterns) = &rules.allowed_scopes {
-            self.allowed_scopes.push(ScopeRule { policy: name.to_owned(), patterns: patterns.clone() });
+            self.allowed_scopes.push(ScopeRule {
+                policy: name.to_owned(),
+                patterns: patterns.clone(),
+            });
         }
         if let Some(values) = &rules.allowed_retention {
-            self.allowed_retention.push(AllowList { policy: name.to_owned(), values: values.clone() });
+            self.allowed_retention.push(AllowList {
+                policy: name.to_owned(),
+                values: values.clone(),
+            });
         }
         if let Some(values) = &rules.exchange_audiences {
-            self.exchange_audiences.push(AllowList { policy: name.to_owned(), values: values.clone() });
+            self.exchange_audiences.push(AllowList {
+                policy: name.to_owned(),
+                values: values.clone(),
+            });
         }
         if let Some(allow) = rules.allow_system_groups {
             let first_vote = self.system_groups_policy.is_none();
@@ -560,7 +655,9 @@ impl EffectivePolicy {
     }
 
     pub fn retention_denied_by(&self, retention: Retention) -> Option<&AllowList<Retention>> {
-        self.allowed_retention.iter().find(|list| !list.allows(&retention))
+        self.allowed_retention
+            .iter()
+            .find(|list| !list.allows(&retention))
     }
 
     /// Retention modes every policy allows; `None`: any.
@@ -569,11 +666,17 @@ impl EffectivePolicy {
             return None;
         }
         let all = [Retention::OneTime, Retention::Persistent];
-        Some(all.into_iter().filter(|r| self.retention_denied_by(*r).is_none()).collect())
+        Some(
+            all.into_iter()
+                .filter(|r| self.retention_denied_by(*r).is_none())
+                .collect(),
+        )
     }
 
     pub fn audience_denied_by(&self, audience: &str) -> Option<&AllowList<String>> {
-        self.exchange_audiences.iter().find(|list| !list.allows(audience))
+        self.exchange_audiences
+            .iter()
+            .find(|list| !list.allows(audience))
     }
 
     pub fn allows_audience(&self, audience: &str) -> bool {
@@ -583,7 +686,14 @@ impl EffectivePolicy {
     /// Audiences every policy allows, in the order of the first policy's list; `None`: any.
     pub fn allowed_audiences(&self) -> Option<Vec<String>> {
         let first = self.exchange_audiences.first()?;
-        Some(first.values.iter().filter(|a| self.allows_audience(a)).cloned().collect())
+        Some(
+            first
+                .values
+                .iter()
+                .filter(|a| self.allows_audience(a))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// The audience of an exchange request that names none: the first audience, in the list
@@ -591,14 +701,22 @@ impl EffectivePolicy {
     /// when no policy lists audiences (the caller must then require one) or none is common.
     pub fn default_audience(&self) -> Option<&str> {
         let first = self.exchange_audiences.first()?;
-        first.values.iter().find(|a| self.allows_audience(a)).map(String::as_str)
+        first
+            .values
+            .iter()
+            .find(|a| self.allows_audience(a))
+            .map(String::as_str)
     }
 
     /// Why `spec` may not be admitted now; empty when it may.
     ///
     /// Reports policy rules only: run [`validation::validate_token`] for the shape of the spec
     /// (a duration that does not parse is not reported here).
-    pub fn admission_violations(&self, spec: &PersonalAccessTokenSpec, now: DateTime<Utc>) -> Vec<Violation> {
+    pub fn admission_violations(
+        &self,
+        spec: &PersonalAccessTokenSpec,
+        now: DateTime<Utc>,
+    ) -> Vec<Violation> {
         self.check(spec, now)
     }
 
@@ -608,14 +726,24 @@ impl EffectivePolicy {
     /// from `issued_at`, else none; then no later than `issued_at + max_lifetime`. A spec
     /// duration that does not parse (which validation refuses) fails closed: an unreadable
     /// `ttl` expires the token at issue, an unreadable `revealWindow` uses the default.
-    pub fn resolve(&self, spec: &PersonalAccessTokenSpec, issued_at: DateTime<Utc>) -> ResolvedToken {
+    pub fn resolve(
+        &self,
+        spec: &PersonalAccessTokenSpec,
+        issued_at: DateTime<Utc>,
+    ) -> ResolvedToken {
         let requested = match requested_expiry(spec) {
-            Requested::Nothing => self.default_lifetime.as_ref().and_then(|d| add(issued_at, d.value)),
+            Requested::Nothing => self
+                .default_lifetime
+                .as_ref()
+                .and_then(|d| add(issued_at, d.value)),
             Requested::Ttl(ttl) => add(issued_at, ttl),
             Requested::At(at) => Some(at),
             Requested::Unreadable => Some(issued_at),
         };
-        let cap = self.max_lifetime.as_ref().and_then(|m| add(issued_at, m.value));
+        let cap = self
+            .max_lifetime
+            .as_ref()
+            .and_then(|m| add(issued_at, m.value));
         let expires_at = match (requested, cap) {
             (Some(expiry), Some(cap)) => Some(expiry.min(cap)),
             (None, cap) => cap,
@@ -623,27 +751,47 @@ impl EffectivePolicy {
         };
 
         let secret = spec.secret.as_ref();
-        let spec_window = secret.and_then(|s| s.reveal_window.as_ref()).and_then(|w| w.parse().ok());
+        let spec_window = secret
+            .and_then(|s| s.reveal_window.as_ref())
+            .and_then(|w| w.parse().ok());
         let mut reveal_window = spec_window.unwrap_or(DEFAULT_REVEAL_WINDOW);
         if let Some(max) = &self.max_reveal_window {
             reveal_window = reveal_window.min(max.value);
         }
 
-        let spec_audiences = spec.exchange.as_ref().map(|e| e.audiences.as_slice()).unwrap_or_default();
+        let spec_audiences = spec
+            .exchange
+            .as_ref()
+            .map(|e| e.audiences.as_slice())
+            .unwrap_or_default();
         let exchange_audiences = if spec_audiences.is_empty() {
             self.allowed_audiences()
         } else {
-            Some(spec_audiences.iter().filter(|a| self.allows_audience(a)).cloned().collect())
+            Some(
+                spec_audiences
+                    .iter()
+                    .filter(|a| self.allows_audience(a))
+                    .cloned()
+                    .collect(),
+            )
         };
 
         ResolvedToken {
             policies: self.policies.clone(),
             expires_at,
-            granted_scopes: spec.scopes.iter().filter(|s| self.allows_scope(s)).cloned().collect(),
+            granted_scopes: spec
+                .scopes
+                .iter()
+                .filter(|s| self.allows_scope(s))
+                .cloned()
+                .collect(),
             retention: secret.and_then(|s| s.retention).unwrap_or_default(),
             reveal_window,
             idle_timeout: self.idle_timeout.as_ref().map(|l| l.value),
-            exchange_max_ttl: self.exchange_max_ttl.as_ref().map_or(DEFAULT_EXCHANGE_MAX_TTL, |l| l.value),
+            exchange_max_ttl: self
+                .exchange_max_ttl
+                .as_ref()
+                .map_or(DEFAULT_EXCHANGE_MAX_TTL, |l| l.value),
             exchange_audiences,
             warn_before: self.warn_before.as_ref().map(|l| l.value),
             non_compliance: self.check(spec, issued_at),
@@ -654,7 +802,11 @@ impl EffectivePolicy {
     fn check(&self, spec: &PersonalAccessTokenSpec, start: DateTime<Utc>) -> Vec<Violation> {
         let mut out = Vec::new();
         let mut violation = |field: String, policy: Option<&str>, message: String| {
-            out.push(Violation { field, message, policy: policy.map(str::to_owned) });
+            out.push(Violation {
+                field,
+                message,
+                policy: policy.map(str::to_owned),
+            });
         };
 
         match requested_expiry(spec) {
@@ -665,7 +817,13 @@ impl EffectivePolicy {
                     let limit = self
                         .max_lifetime
                         .as_ref()
-                        .map(|m| format!(" (at most {}, the limit of policy {})", show(m.value), m.policy))
+                        .map(|m| {
+                            format!(
+                                " (at most {}, the limit of policy {})",
+                                show(m.value),
+                                m.policy
+                            )
+                        })
                         .unwrap_or_default();
                     violation(
                         "spec.expiration".into(),
@@ -728,7 +886,10 @@ impl EffectivePolicy {
                 violation(
                     format!("spec.scopes[{i}]"),
                     Some(&rule.policy),
-                    format!("scope {scope:?} is not allowed by policy {}, {allowed}", rule.policy),
+                    format!(
+                        "scope {scope:?} is not allowed by policy {}, {allowed}",
+                        rule.policy
+                    ),
                 );
             }
         }
@@ -737,7 +898,11 @@ impl EffectivePolicy {
         let retention = secret.and_then(|s| s.retention);
         let effective_retention = retention.unwrap_or_default();
         if let Some(rule) = self.retention_denied_by(effective_retention) {
-            let defaulted = if retention.is_none() { " (the default)" } else { "" };
+            let defaulted = if retention.is_none() {
+                " (the default)"
+            } else {
+                ""
+            };
             let instead = match self.allowed_retention().as_deref() {
                 Some([first, ..]) => format!("set spec.secret.retention to {first:?}"),
                 _ => format!(
@@ -751,7 +916,13 @@ impl EffectivePolicy {
                 format!(
                     "retention {effective_retention:?}{defaulted} is not allowed by policy {}, which allows only {}; {instead}",
                     rule.policy,
-                    list(&rule.values.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>())
+                    list(
+                        &rule
+                            .values
+                            .iter()
+                            .map(|r| format!("{r:?}"))
+                            .collect::<Vec<_>>()
+                    )
                 ),
             );
         }
@@ -759,7 +930,9 @@ impl EffectivePolicy {
         // The reveal window only matters while a OneTime Secret exists.
         if effective_retention == Retention::OneTime
             && let Some(max) = &self.max_reveal_window
-            && let Some(window) = secret.and_then(|s| s.reveal_window.as_ref()).and_then(|w| w.parse().ok())
+            && let Some(window) = secret
+                .and_then(|s| s.reveal_window.as_ref())
+                .and_then(|w| w.parse().ok())
             && window > max.value
         {
             violation(
@@ -776,8 +949,16 @@ impl EffectivePolicy {
         }
 
         if !self.allow_system_groups {
-            let groups = spec.owner.as_ref().map(|o| o.groups.as_slice()).unwrap_or_default();
-            for (i, group) in groups.iter().enumerate().filter(|(_, g)| is_privileged_system_group(g)) {
+            let groups = spec
+                .owner
+                .as_ref()
+                .map(|o| o.groups.as_slice())
+                .unwrap_or_default();
+            for (i, group) in groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| is_privileged_system_group(g))
+            {
                 let message = match &self.system_groups_policy {
                     Some(policy) => format!(
                         "owner group {group:?} is a Kubernetes system group and policy {policy} does not allow tokens for owners in system groups; create the token as an identity outside system groups, or set spec.owners.allowSystemGroups: true in policy {policy}"
@@ -786,11 +967,19 @@ impl EffectivePolicy {
                         "owner group {group:?} is a Kubernetes system group, and tokens for owners in system groups are refused unless a TokenPolicy governing this namespace sets spec.owners.allowSystemGroups: true; create the token as an identity outside system groups"
                     ),
                 };
-                violation(format!("spec.owner.groups[{i}]"), self.system_groups_policy.as_deref(), message);
+                violation(
+                    format!("spec.owner.groups[{i}]"),
+                    self.system_groups_policy.as_deref(),
+                    message,
+                );
             }
         }
 
-        let audiences = spec.exchange.as_ref().map(|e| e.audiences.as_slice()).unwrap_or_default();
+        let audiences = spec
+            .exchange
+            .as_ref()
+            .map(|e| e.audiences.as_slice())
+            .unwrap_or_default();
         for (i, audience) in audiences.iter().enumerate() {
             if let Some(rule) = self.audience_denied_by(audience) {
                 let allowed = if rule.values.is_empty() {
@@ -801,7 +990,10 @@ impl EffectivePolicy {
                 violation(
                     format!("spec.exchange.audiences[{i}]"),
                     Some(&rule.policy),
-                    format!("audience {audience:?} is not allowed by policy {}, {allowed}", rule.policy),
+                    format!(
+                        "audience {audience:?} is not allowed by policy {}, {allowed}",
+                        rule.policy
+                    ),
                 );
             }
         }
@@ -810,7 +1002,13 @@ impl EffectivePolicy {
     }
 
     fn retention_policies(&self) -> String {
-        list(&self.allowed_retention.iter().map(|l| l.policy.as_str()).collect::<Vec<_>>())
+        list(
+            &self
+                .allowed_retention
+                .iter()
+                .map(|l| l.policy.as_str())
+                .collect::<Vec<_>>(),
+        )
     }
 }
 
@@ -824,7 +1022,10 @@ fn tighten(
 ) {
     let Some(value) = value else { return };
     if slot.as_ref().is_none_or(|old| stricter(value, old.value)) {
-        *slot = Some(Limit { value, policy: policy.to_owned() });
+        *slot = Some(Limit {
+            value,
+            policy: policy.to_owned(),
+        });
     }
 }
 
@@ -832,8 +1033,8 @@ fn tighten(
 mod tests {
     use super::*;
     use crate::v1alpha1::{
-        ExchangePolicy, ExchangeSpec, Expiration, ExpirationPolicy, OwnerPolicy, RotationPolicy, SecretDelivery,
-        SecretPolicy, TokenOwner,
+        ExchangePolicy, ExchangeSpec, Expiration, ExpirationPolicy, OwnerPolicy, RotationPolicy,
+        SecretDelivery, SecretPolicy, TokenOwner,
     };
     use k8s_openapi::jiff::Timestamp;
 
@@ -842,7 +1043,10 @@ mod tests {
     }
 
     fn limit(text: &str, policy: &str) -> Option<Limit<StdDuration>> {
-        Some(Limit { value: d(text), policy: policy.into() })
+        Some(Limit {
+            value: d(text),
+            policy: policy.into(),
+        })
     }
 
     fn now() -> DateTime<Utc> {
@@ -854,19 +1058,33 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn set(policies: &[(&str, TokenPolicySpec)]) -> PolicySet {
-        policies.iter().map(|(name, spec)| TokenPolicy::new(name, spec.clone())).collect()
+        policies
+            .iter()
+            .map(|(name, spec)| TokenPolicy::new(name, spec.clone()))
+            .collect()
     }
 
     fn everywhere(policies: &[(&str, TokenPolicySpec)]) -> EffectivePolicy {
         set(policies).effective_for(&labels(&[("kubernetes.io/metadata.name", "dev")]))
     }
 
-    fn lifetime(required: bool, default: Option<&str>, max: Option<&str>) -> Option<ExpirationPolicy> {
-        Some(ExpirationPolicy { required, default: default.map(Into::into), max: max.map(Into::into) })
+    fn lifetime(
+        required: bool,
+        default: Option<&str>,
+        max: Option<&str>,
+    ) -> Option<ExpirationPolicy> {
+        Some(ExpirationPolicy {
+            required,
+            default: default.map(Into::into),
+            max: max.map(Into::into),
+        })
     }
 
     fn scopes(globs: &[&str]) -> Option<Vec<String>> {
@@ -874,18 +1092,29 @@ mod tests {
     }
 
     fn audiences(list: &[&str]) -> Option<ExchangePolicy> {
-        Some(ExchangePolicy { max_ttl: None, audiences: Some(list.iter().map(|a| (*a).to_owned()).collect()) })
+        Some(ExchangePolicy {
+            max_ttl: None,
+            audiences: Some(list.iter().map(|a| (*a).to_owned()).collect()),
+        })
     }
 
     fn retention(list: &[Retention]) -> Option<SecretPolicy> {
-        Some(SecretPolicy { allowed_retention: Some(list.to_vec()), max_reveal_window: None })
+        Some(SecretPolicy {
+            allowed_retention: Some(list.to_vec()),
+            max_reveal_window: None,
+        })
     }
 
     fn owners(allow: bool) -> Option<OwnerPolicy> {
-        Some(OwnerPolicy { allow_system_groups: allow })
+        Some(OwnerPolicy {
+            allow_system_groups: allow,
+        })
     }
 
-    fn selector(expressions: &[(&str, &str, &[&str])], match_labels: &[(&str, &str)]) -> Option<LabelSelector> {
+    fn selector(
+        expressions: &[(&str, &str, &[&str])],
+        match_labels: &[(&str, &str)],
+    ) -> Option<LabelSelector> {
         Some(LabelSelector {
             match_labels: (!match_labels.is_empty()).then(|| labels(match_labels)),
             match_expressions: Some(
@@ -894,7 +1123,8 @@ mod tests {
                     .map(|(key, op, values)| LabelSelectorRequirement {
                         key: (*key).into(),
                         operator: (*op).into(),
-                        values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+                        values: (!values.is_empty())
+                            .then(|| values.iter().map(|v| (*v).to_owned()).collect()),
                     })
                     .collect(),
             ),
@@ -904,13 +1134,20 @@ mod tests {
     fn pat() -> PersonalAccessTokenSpec {
         PersonalAccessTokenSpec {
             display_name: "laptop".into(),
-            owner: Some(TokenOwner { username: "alice".into(), uid: None, groups: vec!["dev".into()] }),
+            owner: Some(TokenOwner {
+                username: "alice".into(),
+                uid: None,
+                groups: vec!["dev".into()],
+            }),
             ..Default::default()
         }
     }
 
     fn ttl(spec: &mut PersonalAccessTokenSpec, text: &str) {
-        spec.expiration = Some(Expiration { ttl: Some(text.into()), expires_at: None });
+        spec.expiration = Some(Expiration {
+            ttl: Some(text.into()),
+            expires_at: None,
+        });
     }
 
     #[test]
@@ -924,7 +1161,13 @@ mod tests {
         assert_eq!(effective.default_audience(), None);
         assert!(effective.allows_audience("any"));
 
-        let resolved = effective.resolve(&PersonalAccessTokenSpec { scopes: vec!["a".into()], ..pat() }, now());
+        let resolved = effective.resolve(
+            &PersonalAccessTokenSpec {
+                scopes: vec!["a".into()],
+                ..pat()
+            },
+            now(),
+        );
         assert_eq!(
             resolved,
             ResolvedToken {
@@ -952,8 +1195,13 @@ mod tests {
                 allowed_retention: Some(vec![Retention::OneTime]),
                 max_reveal_window: Some("30m".into()),
             }),
-            exchange: Some(ExchangePolicy { max_ttl: Some("15m".into()), audiences: Some(vec!["vault".into()]) }),
-            rotation: Some(RotationPolicy { warn_before: Some("7d".into()) }),
+            exchange: Some(ExchangePolicy {
+                max_ttl: Some("15m".into()),
+                audiences: Some(vec!["vault".into()]),
+            }),
+            rotation: Some(RotationPolicy {
+                warn_before: Some("7d".into()),
+            }),
             owners: owners(true),
             ..Default::default()
         };
@@ -968,18 +1216,30 @@ mod tests {
                 default_lifetime: limit("30d", "org"),
                 max_lifetime: limit("90d", "org"),
                 idle_timeout: limit("14d", "org"),
-                allowed_scopes: vec![ScopeRule { policy: name.clone(), patterns: vec![ScopePattern("read:*".into())] }],
-                allowed_retention: vec![AllowList { policy: name.clone(), values: vec![Retention::OneTime] }],
+                allowed_scopes: vec![ScopeRule {
+                    policy: name.clone(),
+                    patterns: vec![ScopePattern("read:*".into())]
+                }],
+                allowed_retention: vec![AllowList {
+                    policy: name.clone(),
+                    values: vec![Retention::OneTime]
+                }],
                 max_reveal_window: limit("30m", "org"),
                 exchange_max_ttl: limit("15m", "org"),
-                exchange_audiences: vec![AllowList { policy: name.clone(), values: vec!["vault".into()] }],
+                exchange_audiences: vec![AllowList {
+                    policy: name.clone(),
+                    values: vec!["vault".into()]
+                }],
                 warn_before: limit("7d", "org"),
                 allow_system_groups: true,
                 system_groups_policy: Some(name),
             }
         );
         assert_eq!(effective.default_audience(), Some("vault"));
-        assert_eq!(effective.allowed_retention(), Some(vec![Retention::OneTime]));
+        assert_eq!(
+            effective.allowed_retention(),
+            Some(vec![Retention::OneTime])
+        );
     }
 
     #[test]
@@ -997,7 +1257,9 @@ mod tests {
                         max_ttl: Some("10m".into()),
                         audiences: Some(vec!["argo".into(), "vault".into()]),
                     }),
-                    rotation: Some(RotationPolicy { warn_before: Some("3d".into()) }),
+                    rotation: Some(RotationPolicy {
+                        warn_before: Some("3d".into()),
+                    }),
                     ..Default::default()
                 },
             ),
@@ -1007,7 +1269,9 @@ mod tests {
                     expiration: lifetime(true, Some("30d"), Some("90d")),
                     allowed_scopes: scopes(&["*"]),
                     exchange: audiences(&["vault", "argo", "grafana"]),
-                    rotation: Some(RotationPolicy { warn_before: Some("14d".into()) }),
+                    rotation: Some(RotationPolicy {
+                        warn_before: Some("14d".into()),
+                    }),
                     ..Default::default()
                 },
             ),
@@ -1035,16 +1299,46 @@ mod tests {
         assert_eq!(effective.exchange_max_ttl, limit("10m", "c-team"));
         assert_eq!(effective.warn_before, limit("14d", "a-org"));
 
-        let rules: Vec<_> = effective.allowed_scopes.iter().map(|r| r.policy.as_str()).collect();
+        let rules: Vec<_> = effective
+            .allowed_scopes
+            .iter()
+            .map(|r| r.policy.as_str())
+            .collect();
         assert_eq!(rules, ["a-org", "b-security", "c-team"]);
         assert!(effective.allows_scope("read:pods"));
-        assert_eq!(effective.scope_denied_by("deploy:prod").map(|r| r.policy.as_str()), Some("b-security"));
-        assert_eq!(effective.scope_denied_by("admin").map(|r| r.policy.as_str()), Some("b-security"));
+        assert_eq!(
+            effective
+                .scope_denied_by("deploy:prod")
+                .map(|r| r.policy.as_str()),
+            Some("b-security")
+        );
+        assert_eq!(
+            effective
+                .scope_denied_by("admin")
+                .map(|r| r.policy.as_str()),
+            Some("b-security")
+        );
 
-        assert_eq!(effective.allowed_retention(), Some(vec![Retention::OneTime]));
-        assert_eq!(effective.retention_denied_by(Retention::Persistent).map(|r| r.policy.as_str()), Some("b-security"));
-        assert_eq!(effective.allowed_audiences(), Some(vec!["vault".to_owned(), "argo".to_owned()]));
-        assert_eq!(effective.audience_denied_by("grafana").map(|r| r.policy.as_str()), Some("c-team"));
+        assert_eq!(
+            effective.allowed_retention(),
+            Some(vec![Retention::OneTime])
+        );
+        assert_eq!(
+            effective
+                .retention_denied_by(Retention::Persistent)
+                .map(|r| r.policy.as_str()),
+            Some("b-security")
+        );
+        assert_eq!(
+            effective.allowed_audiences(),
+            Some(vec!["vault".to_owned(), "argo".to_owned()])
+        );
+        assert_eq!(
+            effective
+                .audience_denied_by("grafana")
+                .map(|r| r.policy.as_str()),
+            Some("c-team")
+        );
         assert_eq!(effective.default_audience(), Some("vault"));
         assert!(!effective.allow_system_groups);
         assert_eq!(effective.system_groups_policy, None);
@@ -1052,13 +1346,31 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_first_policy_by_name() {
-        let same = TokenPolicySpec { expiration: lifetime(false, None, Some("90d")), ..Default::default() };
-        let longer = TokenPolicySpec { expiration: lifetime(false, None, Some("2160h")), ..Default::default() };
+        let same = TokenPolicySpec {
+            expiration: lifetime(false, None, Some("90d")),
+            ..Default::default()
+        };
+        let longer = TokenPolicySpec {
+            expiration: lifetime(false, None, Some("2160h")),
+            ..Default::default()
+        };
         let effective = everywhere(&[("zeta", same.clone()), ("alpha", longer), ("beta", same)]);
         assert_eq!(effective.max_lifetime, limit("90d", "alpha"));
         let effective = everywhere(&[
-            ("zeta", TokenPolicySpec { expiration: lifetime(false, None, Some("89d")), ..Default::default() }),
-            ("alpha", TokenPolicySpec { expiration: lifetime(false, None, Some("90d")), ..Default::default() }),
+            (
+                "zeta",
+                TokenPolicySpec {
+                    expiration: lifetime(false, None, Some("89d")),
+                    ..Default::default()
+                },
+            ),
+            (
+                "alpha",
+                TokenPolicySpec {
+                    expiration: lifetime(false, None, Some("90d")),
+                    ..Default::default()
+                },
+            ),
         ]);
         assert_eq!(effective.max_lifetime, limit("89d", "zeta"));
     }
@@ -1066,8 +1378,20 @@ mod tests {
     #[test]
     fn default_lifetime_never_exceeds_another_policys_max() {
         let effective = everywhere(&[
-            ("a", TokenPolicySpec { expiration: lifetime(false, Some("60d"), None), ..Default::default() }),
-            ("b", TokenPolicySpec { expiration: lifetime(false, None, Some("30d")), ..Default::default() }),
+            (
+                "a",
+                TokenPolicySpec {
+                    expiration: lifetime(false, Some("60d"), None),
+                    ..Default::default()
+                },
+            ),
+            (
+                "b",
+                TokenPolicySpec {
+                    expiration: lifetime(false, None, Some("30d")),
+                    ..Default::default()
+                },
+            ),
         ]);
         assert_eq!(effective.default_lifetime, limit("30d", "b"));
         let resolved = effective.resolve(&pat(), now());
@@ -1077,20 +1401,56 @@ mod tests {
 
     #[test]
     fn default_audience() {
-        type Case<'a> = (&'a str, Vec<(&'a str, Option<ExchangePolicy>)>, Option<&'a str>);
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, Option<ExchangePolicy>)>,
+            Option<&'a str>,
+        );
         let table: Vec<Case> = vec![
-            ("no policy lists audiences", vec![("a", None), ("b", Some(ExchangePolicy::default()))], None),
+            (
+                "no policy lists audiences",
+                vec![("a", None), ("b", Some(ExchangePolicy::default()))],
+                None,
+            ),
             ("one policy", vec![("a", audiences(&["x", "y"]))], Some("x")),
-            ("first by name wins", vec![("b", audiences(&["y", "x"])), ("a", audiences(&["x", "y"]))], Some("x")),
-            ("first not allowed by all", vec![("a", audiences(&["x", "y"])), ("b", audiences(&["y"]))], Some("y")),
-            ("policies without audiences ignored", vec![("a", None), ("b", audiences(&["z"]))], Some("z")),
-            ("nothing in common", vec![("a", audiences(&["x"])), ("b", audiences(&["y"]))], None),
-            ("empty list allows none", vec![("a", audiences(&[])), ("b", audiences(&["y"]))], None),
+            (
+                "first by name wins",
+                vec![("b", audiences(&["y", "x"])), ("a", audiences(&["x", "y"]))],
+                Some("x"),
+            ),
+            (
+                "first not allowed by all",
+                vec![("a", audiences(&["x", "y"])), ("b", audiences(&["y"]))],
+                Some("y"),
+            ),
+            (
+                "policies without audiences ignored",
+                vec![("a", None), ("b", audiences(&["z"]))],
+                Some("z"),
+            ),
+            (
+                "nothing in common",
+                vec![("a", audiences(&["x"])), ("b", audiences(&["y"]))],
+                None,
+            ),
+            (
+                "empty list allows none",
+                vec![("a", audiences(&[])), ("b", audiences(&["y"]))],
+                None,
+            ),
         ];
         for (case, policies, want) in table {
             let specs: Vec<_> = policies
                 .into_iter()
-                .map(|(n, exchange)| (n, TokenPolicySpec { exchange, ..Default::default() }))
+                .map(|(n, exchange)| {
+                    (
+                        n,
+                        TokenPolicySpec {
+                            exchange,
+                            ..Default::default()
+                        },
+                    )
+                })
                 .collect();
             assert_eq!(everywhere(&specs).default_audience(), want, "{case}");
         }
@@ -1098,17 +1458,56 @@ mod tests {
 
     #[test]
     fn system_groups_need_every_voting_policy() {
-        type Case<'a> = (&'a str, Vec<(&'a str, Option<OwnerPolicy>)>, bool, Option<&'a str>);
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, Option<OwnerPolicy>)>,
+            bool,
+            Option<&'a str>,
+        );
         let table: Vec<Case> = vec![
             ("nobody votes", vec![("a", None)], false, None),
-            ("one allows", vec![("a", None), ("b", owners(true))], true, Some("b")),
-            ("all allow", vec![("a", owners(true)), ("b", owners(true))], true, Some("a")),
-            ("one denies", vec![("a", owners(true)), ("b", owners(false)), ("c", owners(false))], false, Some("b")),
-            ("denier first", vec![("a", owners(false)), ("b", owners(true))], false, Some("a")),
+            (
+                "one allows",
+                vec![("a", None), ("b", owners(true))],
+                true,
+                Some("b"),
+            ),
+            (
+                "all allow",
+                vec![("a", owners(true)), ("b", owners(true))],
+                true,
+                Some("a"),
+            ),
+            (
+                "one denies",
+                vec![
+                    ("a", owners(true)),
+                    ("b", owners(false)),
+                    ("c", owners(false)),
+                ],
+                false,
+                Some("b"),
+            ),
+            (
+                "denier first",
+                vec![("a", owners(false)), ("b", owners(true))],
+                false,
+                Some("a"),
+            ),
         ];
         for (case, policies, allow, policy) in table {
-            let specs: Vec<_> =
-                policies.into_iter().map(|(n, owners)| (n, TokenPolicySpec { owners, ..Default::default() })).collect();
+            let specs: Vec<_> = policies
+                .into_iter()
+                .map(|(n, owners)| {
+                    (
+                        n,
+                        TokenPolicySpec {
+                            owners,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect();
             let effective = everywhere(&specs);
             assert_eq!(effective.allow_system_groups, allow, "{case}");
             assert_eq!(effective.system_groups_policy.as_deref(), policy, "{case}");
@@ -1158,48 +1557,144 @@ mod tests {
             assert_eq!(compiled.matches(scope), want, "{pattern} ~ {scope}");
         }
         assert_eq!(ScopePattern::new(""), Err(ScopePatternError::Empty));
-        assert!(matches!(ScopePattern::new("a[b]"), Err(ScopePatternError::InvalidChars { .. })));
-        assert_eq!(ScopePattern::new(&"*".repeat(129)), Err(ScopePatternError::TooLong(129)));
+        assert!(matches!(
+            ScopePattern::new("a[b]"),
+            Err(ScopePatternError::InvalidChars { .. })
+        ));
+        assert_eq!(
+            ScopePattern::new(&"*".repeat(129)),
+            Err(ScopePatternError::TooLong(129))
+        );
     }
 
     #[test]
     fn selector_matching() {
-        let ns = labels(&[("team", "payments"), ("env", "prod"), ("kubernetes.io/metadata.name", "pay")]);
+        let ns = labels(&[
+            ("team", "payments"),
+            ("env", "prod"),
+            ("kubernetes.io/metadata.name", "pay"),
+        ]);
         type Case<'a> = (&'a str, Option<LabelSelector>, bool);
         let table: Vec<Case> = vec![
             ("absent", None, true),
             ("empty", Some(LabelSelector::default()), true),
             ("empty lists", selector(&[], &[]), true),
-            ("matchLabels hit", selector(&[], &[("team", "payments")]), true),
-            ("matchLabels miss", selector(&[], &[("team", "search")]), false),
-            ("matchLabels all needed", selector(&[], &[("team", "payments"), ("env", "dev")]), false),
-            ("In hit", selector(&[("env", "In", &["dev", "prod"])], &[]), true),
+            (
+                "matchLabels hit",
+                selector(&[], &[("team", "payments")]),
+                true,
+            ),
+            (
+                "matchLabels miss",
+                selector(&[], &[("team", "search")]),
+                false,
+            ),
+            (
+                "matchLabels all needed",
+                selector(&[], &[("team", "payments"), ("env", "dev")]),
+                false,
+            ),
+            (
+                "In hit",
+                selector(&[("env", "In", &["dev", "prod"])], &[]),
+                true,
+            ),
             ("In miss", selector(&[("env", "In", &["dev"])], &[]), false),
-            ("In absent key", selector(&[("tier", "In", &["web"])], &[]), false),
-            ("NotIn hit", selector(&[("env", "NotIn", &["dev"])], &[]), true),
-            ("NotIn miss", selector(&[("env", "NotIn", &["prod"])], &[]), false),
-            ("NotIn absent key", selector(&[("tier", "NotIn", &["web"])], &[]), true),
+            (
+                "In absent key",
+                selector(&[("tier", "In", &["web"])], &[]),
+                false,
+            ),
+            (
+                "NotIn hit",
+                selector(&[("env", "NotIn", &["dev"])], &[]),
+                true,
+            ),
+            (
+                "NotIn miss",
+                selector(&[("env", "NotIn", &["prod"])], &[]),
+                false,
+            ),
+            (
+                "NotIn absent key",
+                selector(&[("tier", "NotIn", &["web"])], &[]),
+                true,
+            ),
             ("Exists", selector(&[("team", "Exists", &[])], &[]), true),
-            ("Exists absent", selector(&[("tier", "Exists", &[])], &[]), false),
-            ("DoesNotExist", selector(&[("tier", "DoesNotExist", &[])], &[]), true),
-            ("DoesNotExist present", selector(&[("team", "DoesNotExist", &[])], &[]), false),
-            ("labels AND expressions", selector(&[("env", "In", &["prod"])], &[("team", "payments")]), true),
-            ("labels AND expressions miss", selector(&[("env", "In", &["dev"])], &[("team", "payments")]), false),
-            ("by namespace name", selector(&[("kubernetes.io/metadata.name", "In", &["pay"])], &[]), true),
-            ("malformed: unknown operator", selector(&[("env", "Gt", &["1"])], &[]), false),
-            ("malformed: In without values", selector(&[("env", "In", &[])], &[]), false),
-            ("malformed: NotIn without values", selector(&[("tier", "NotIn", &[])], &[]), false),
-            ("malformed: Exists with values", selector(&[("env", "Exists", &["prod"])], &[]), false),
-            ("malformed: bad key", selector(&[("bad key", "DoesNotExist", &[])], &[]), false),
+            (
+                "Exists absent",
+                selector(&[("tier", "Exists", &[])], &[]),
+                false,
+            ),
+            (
+                "DoesNotExist",
+                selector(&[("tier", "DoesNotExist", &[])], &[]),
+                true,
+            ),
+            (
+                "DoesNotExist present",
+                selector(&[("team", "DoesNotExist", &[])], &[]),
+                false,
+            ),
+            (
+                "labels AND expressions",
+                selector(&[("env", "In", &["prod"])], &[("team", "payments")]),
+                true,
+            ),
+            (
+                "labels AND expressions miss",
+                selector(&[("env", "In", &["dev"])], &[("team", "payments")]),
+                false,
+            ),
+            (
+                "by namespace name",
+                selector(&[("kubernetes.io/metadata.name", "In", &["pay"])], &[]),
+                true,
+            ),
+            (
+                "malformed: unknown operator",
+                selector(&[("env", "Gt", &["1"])], &[]),
+                false,
+            ),
+            (
+                "malformed: In without values",
+                selector(&[("env", "In", &[])], &[]),
+                false,
+            ),
+            (
+                "malformed: NotIn without values",
+                selector(&[("tier", "NotIn", &[])], &[]),
+                false,
+            ),
+            (
+                "malformed: Exists with values",
+                selector(&[("env", "Exists", &["prod"])], &[]),
+                false,
+            ),
+            (
+                "malformed: bad key",
+                selector(&[("bad key", "DoesNotExist", &[])], &[]),
+                false,
+            ),
         ];
         for (case, sel, want) in table {
             assert_eq!(selects(sel.as_ref(), &ns), want, "{case}");
             // The policy set agrees, and lists a malformed selector as invalid.
-            let effective =
-                set(&[("p", TokenPolicySpec { namespace_selector: sel, ..Default::default() })]).effective_for(&ns);
+            let effective = set(&[(
+                "p",
+                TokenPolicySpec {
+                    namespace_selector: sel,
+                    ..Default::default()
+                },
+            )])
+            .effective_for(&ns);
             assert_eq!(effective.policies.len(), usize::from(want), "{case}");
             let malformed = case.starts_with("malformed");
-            assert_eq!(effective.invalid_policies.len(), usize::from(malformed), "{case}");
+            assert_eq!(
+                effective.invalid_policies.len(),
+                usize::from(malformed),
+                "{case}"
+            );
         }
     }
 
@@ -1207,8 +1702,20 @@ mod tests {
     fn invalid_policies_are_skipped_and_listed() {
         let prod = selector(&[], &[("env", "prod")]);
         let policies = set(&[
-            ("good", TokenPolicySpec { expiration: lifetime(false, None, Some("90d")), ..Default::default() }),
-            ("broken-duration", TokenPolicySpec { expiration: lifetime(true, None, Some("1y")), ..Default::default() }),
+            (
+                "good",
+                TokenPolicySpec {
+                    expiration: lifetime(false, None, Some("90d")),
+                    ..Default::default()
+                },
+            ),
+            (
+                "broken-duration",
+                TokenPolicySpec {
+                    expiration: lifetime(true, None, Some("1y")),
+                    ..Default::default()
+                },
+            ),
             (
                 "broken-in-prod",
                 TokenPolicySpec {
@@ -1227,8 +1734,18 @@ mod tests {
             ),
         ]);
         assert_eq!(policies.len(), 4);
-        let invalid: Vec<_> = policies.invalid().map(|(name, errs)| (name, errs.len())).collect();
-        assert_eq!(invalid, [("broken-duration", 1), ("broken-in-prod", 1), ("broken-selector", 1)]);
+        let invalid: Vec<_> = policies
+            .invalid()
+            .map(|(name, errs)| (name, errs.len()))
+            .collect();
+        assert_eq!(
+            invalid,
+            [
+                ("broken-duration", 1),
+                ("broken-in-prod", 1),
+                ("broken-selector", 1)
+            ]
+        );
 
         let dev = policies.effective_for(&labels(&[("env", "dev")]));
         assert_eq!(dev.policies, ["good"]);
@@ -1239,16 +1756,22 @@ mod tests {
         assert!(dev.allows_scope("anything"));
 
         let prod = policies.effective_for(&labels(&[("env", "prod")]));
-        assert_eq!(prod.invalid_policies, ["broken-duration", "broken-in-prod", "broken-selector"]);
+        assert_eq!(
+            prod.invalid_policies,
+            ["broken-duration", "broken-in-prod", "broken-selector"]
+        );
         assert!(prod.allows_scope("read:a"));
     }
 
     #[test]
     fn builds_from_references_and_arcs() {
-        let owned =
-            vec![TokenPolicy::new("b", TokenPolicySpec::default()), TokenPolicy::new("a", TokenPolicySpec::default())];
+        let owned = vec![
+            TokenPolicy::new("b", TokenPolicySpec::default()),
+            TokenPolicy::new("a", TokenPolicySpec::default()),
+        ];
         let by_ref = PolicySet::new(owned.iter());
-        let arcs: Vec<std::sync::Arc<TokenPolicy>> = owned.iter().cloned().map(std::sync::Arc::new).collect();
+        let arcs: Vec<std::sync::Arc<TokenPolicy>> =
+            owned.iter().cloned().map(std::sync::Arc::new).collect();
         let by_arc: PolicySet = arcs.iter().map(std::sync::Arc::clone).collect();
         for set in [by_ref, by_arc, PolicySet::new(owned)] {
             assert_eq!(set.effective_for(&BTreeMap::new()).policies, ["a", "b"]);
@@ -1259,11 +1782,26 @@ mod tests {
     /// One policy set with a rule of every kind, each from a differently named policy.
     fn strict() -> EffectivePolicy {
         everywhere(&[
-            ("lifetime", TokenPolicySpec { expiration: lifetime(true, None, Some("90d")), ..Default::default() }),
-            ("scopes", TokenPolicySpec { allowed_scopes: scopes(&["read:*", "deploy:staging"]), ..Default::default() }),
+            (
+                "lifetime",
+                TokenPolicySpec {
+                    expiration: lifetime(true, None, Some("90d")),
+                    ..Default::default()
+                },
+            ),
+            (
+                "scopes",
+                TokenPolicySpec {
+                    allowed_scopes: scopes(&["read:*", "deploy:staging"]),
+                    ..Default::default()
+                },
+            ),
             (
                 "no-scopes-for-x",
-                TokenPolicySpec { allowed_scopes: scopes(&["read:*", "deploy:*", "x"]), ..Default::default() },
+                TokenPolicySpec {
+                    allowed_scopes: scopes(&["read:*", "deploy:*", "x"]),
+                    ..Default::default()
+                },
             ),
             (
                 "secrets",
@@ -1275,8 +1813,20 @@ mod tests {
                     ..Default::default()
                 },
             ),
-            ("owners", TokenPolicySpec { owners: owners(false), ..Default::default() }),
-            ("exchange", TokenPolicySpec { exchange: audiences(&["vault", "argo"]), ..Default::default() }),
+            (
+                "owners",
+                TokenPolicySpec {
+                    owners: owners(false),
+                    ..Default::default()
+                },
+            ),
+            (
+                "exchange",
+                TokenPolicySpec {
+                    exchange: audiences(&["vault", "argo"]),
+                    ..Default::default()
+                },
+            ),
         ])
     }
 
@@ -1289,24 +1839,40 @@ mod tests {
                 |_| {},
                 "spec.expiration",
                 "lifetime",
-                &["policy lifetime requires every token to expire", "at most 90d", "spec.expiration.ttl"],
+                &[
+                    "policy lifetime requires every token to expire",
+                    "at most 90d",
+                    "spec.expiration.ttl",
+                ],
             ),
             (
                 "ttl over max",
                 |s| ttl(s, "91d"),
                 "spec.expiration.ttl",
                 "lifetime",
-                &["91d", "policy lifetime", "limits token lifetime to 90d", "90d or less"],
+                &[
+                    "91d",
+                    "policy lifetime",
+                    "limits token lifetime to 90d",
+                    "90d or less",
+                ],
             ),
             (
                 "expiresAt over max",
                 |s| {
-                    s.expiration =
-                        Some(Expiration { ttl: None, expires_at: Some(at(now() + chrono::Duration::days(100))) })
+                    s.expiration = Some(Expiration {
+                        ttl: None,
+                        expires_at: Some(at(now() + chrono::Duration::days(100))),
+                    })
                 },
                 "spec.expiration.expiresAt",
                 "lifetime",
-                &["100d away", "policy lifetime", "90d", "no later than 2027-04-15T08:00:00Z"],
+                &[
+                    "100d away",
+                    "policy lifetime",
+                    "90d",
+                    "no later than 2027-04-15T08:00:00Z",
+                ],
             ),
             (
                 "scope not allowed",
@@ -1332,17 +1898,28 @@ mod tests {
                 "retention",
                 |s| {
                     ttl(s, "1d");
-                    s.secret = Some(SecretDelivery { retention: Some(Retention::Persistent), ..Default::default() });
+                    s.secret = Some(SecretDelivery {
+                        retention: Some(Retention::Persistent),
+                        ..Default::default()
+                    });
                 },
                 "spec.secret.retention",
                 "secrets",
-                &["Persistent", "policy secrets", "allows only OneTime", "set spec.secret.retention to OneTime"],
+                &[
+                    "Persistent",
+                    "policy secrets",
+                    "allows only OneTime",
+                    "set spec.secret.retention to OneTime",
+                ],
             ),
             (
                 "reveal window",
                 |s| {
                     ttl(s, "1d");
-                    s.secret = Some(SecretDelivery { reveal_window: Some("2h".into()), ..Default::default() });
+                    s.secret = Some(SecretDelivery {
+                        reveal_window: Some("2h".into()),
+                        ..Default::default()
+                    });
                 },
                 "spec.secret.revealWindow",
                 "secrets",
@@ -1383,9 +1960,17 @@ mod tests {
             let violations = effective.admission_violations(&spec, now());
             assert_eq!(violations.len(), 1, "{case}: {violations:#?}");
             let v = &violations[0];
-            assert_eq!((v.field.as_str(), v.policy.as_deref()), (field, Some(policy)), "{case}");
+            assert_eq!(
+                (v.field.as_str(), v.policy.as_deref()),
+                (field, Some(policy)),
+                "{case}"
+            );
             for needle in needles {
-                assert!(v.message.contains(needle), "{case}: {:?} lacks {needle:?}", v.message);
+                assert!(
+                    v.message.contains(needle),
+                    "{case}: {:?} lacks {needle:?}",
+                    v.message
+                );
             }
             assert!(v.to_string().starts_with(&format!("{field}: ")), "{case}");
         }
@@ -1398,10 +1983,16 @@ mod tests {
         let table: Vec<(&str, Edit)> = vec![
             ("ttl at max", |s| ttl(s, "90d")),
             ("expiresAt at max", |s| {
-                s.expiration = Some(Expiration { ttl: None, expires_at: Some(at(now() + chrono::Duration::days(90))) })
+                s.expiration = Some(Expiration {
+                    ttl: None,
+                    expires_at: Some(at(now() + chrono::Duration::days(90))),
+                })
             }),
             ("expiresAt in the past", |s| {
-                s.expiration = Some(Expiration { ttl: None, expires_at: Some(at(now() - chrono::Duration::days(1))) })
+                s.expiration = Some(Expiration {
+                    ttl: None,
+                    expires_at: Some(at(now() - chrono::Duration::days(1))),
+                })
             }),
             ("allowed scopes", |s| {
                 ttl(s, "1d");
@@ -1409,7 +2000,10 @@ mod tests {
             }),
             ("reveal window at max", |s| {
                 ttl(s, "1d");
-                s.secret = Some(SecretDelivery { reveal_window: Some("60m".into()), ..Default::default() });
+                s.secret = Some(SecretDelivery {
+                    reveal_window: Some("60m".into()),
+                    ..Default::default()
+                });
             }),
             ("harmless system groups", |s| {
                 ttl(s, "1d");
@@ -1425,14 +2019,23 @@ mod tests {
             }),
             ("allowed audiences", |s| {
                 ttl(s, "1d");
-                s.exchange = Some(ExchangeSpec { audiences: vec!["argo".into()], allowed_actors: vec![] });
+                s.exchange = Some(ExchangeSpec {
+                    audiences: vec!["argo".into()],
+                    allowed_actors: vec![],
+                });
             }),
-            ("unparseable ttl is validation's business", |s| ttl(s, "soon")),
+            ("unparseable ttl is validation's business", |s| {
+                ttl(s, "soon")
+            }),
         ];
         for (case, edit) in table {
             let mut spec = pat();
             edit(&mut spec);
-            assert_eq!(effective.admission_violations(&spec, now()), vec![], "{case}");
+            assert_eq!(
+                effective.admission_violations(&spec, now()),
+                vec![],
+                "{case}"
+            );
         }
     }
 
@@ -1443,45 +2046,93 @@ mod tests {
         let table: Vec<Case> = vec![
             ("not required", lifetime(false, None, None), 0),
             ("required, no default", lifetime(true, None, None), 1),
-            ("required, default fills in", lifetime(true, Some("30d"), None), 0),
-            ("max without default caps silently", lifetime(false, None, Some("90d")), 0),
-            ("required with max still wants one", lifetime(true, None, Some("90d")), 1),
+            (
+                "required, default fills in",
+                lifetime(true, Some("30d"), None),
+                0,
+            ),
+            (
+                "max without default caps silently",
+                lifetime(false, None, Some("90d")),
+                0,
+            ),
+            (
+                "required with max still wants one",
+                lifetime(true, None, Some("90d")),
+                1,
+            ),
         ];
         for (case, expiration, want) in table {
-            let effective = everywhere(&[("p", TokenPolicySpec { expiration, ..Default::default() })]);
-            assert_eq!(effective.admission_violations(&no_expiry, now()).len(), want, "{case}");
+            let effective = everywhere(&[(
+                "p",
+                TokenPolicySpec {
+                    expiration,
+                    ..Default::default()
+                },
+            )]);
+            assert_eq!(
+                effective.admission_violations(&no_expiry, now()).len(),
+                want,
+                "{case}"
+            );
         }
     }
 
     #[test]
     fn system_groups_refused_without_any_policy() {
         let mut spec = pat();
-        spec.owner = Some(TokenOwner { username: "root".into(), uid: None, groups: vec!["system:masters".into()] });
+        spec.owner = Some(TokenOwner {
+            username: "root".into(),
+            uid: None,
+            groups: vec!["system:masters".into()],
+        });
         let violations = EffectivePolicy::default().admission_violations(&spec, now());
         assert_eq!(violations.len(), 1, "{violations:#?}");
         assert_eq!(violations[0].policy, None);
-        assert!(
-            violations[0]
-                .message
-                .contains("unless a TokenPolicy governing this namespace sets spec.owners.allowSystemGroups: true")
-        );
-        let allowed = everywhere(&[("admins", TokenPolicySpec { owners: owners(true), ..Default::default() })]);
+        assert!(violations[0].message.contains(
+            "unless a TokenPolicy governing this namespace sets spec.owners.allowSystemGroups: true"
+        ));
+        let allowed = everywhere(&[(
+            "admins",
+            TokenPolicySpec {
+                owners: owners(true),
+                ..Default::default()
+            },
+        )]);
         assert_eq!(allowed.admission_violations(&spec, now()), vec![]);
     }
 
     #[test]
     fn retention_with_no_common_mode() {
         let effective = everywhere(&[
-            ("a", TokenPolicySpec { secret: retention(&[Retention::OneTime]), ..Default::default() }),
-            ("b", TokenPolicySpec { secret: retention(&[Retention::Persistent]), ..Default::default() }),
+            (
+                "a",
+                TokenPolicySpec {
+                    secret: retention(&[Retention::OneTime]),
+                    ..Default::default()
+                },
+            ),
+            (
+                "b",
+                TokenPolicySpec {
+                    secret: retention(&[Retention::Persistent]),
+                    ..Default::default()
+                },
+            ),
         ]);
         assert_eq!(effective.allowed_retention(), Some(vec![]));
         let violations = effective.admission_violations(&pat(), now());
         assert_eq!(violations.len(), 1);
         assert_eq!(violations[0].policy.as_deref(), Some("b"));
-        assert!(violations[0].message.contains("OneTime (the default)"), "{}", violations[0].message);
         assert!(
-            violations[0].message.contains("no retention mode satisfies every policy here (a, b)"),
+            violations[0].message.contains("OneTime (the default)"),
+            "{}",
+            violations[0].message
+        );
+        assert!(
+            violations[0]
+                .message
+                .contains("no retention mode satisfies every policy here (a, b)"),
             "{}",
             violations[0].message
         );
@@ -1491,14 +2142,42 @@ mod tests {
     fn resolve_clamps_expiry() {
         let issued = now();
         let days = |n: i64| Some(issued + chrono::Duration::days(n));
-        type Case<'a> = (&'a str, Option<ExpirationPolicy>, Option<Expiration>, Option<DateTime<Utc>>, &'a [&'a str]);
-        let expires = |t: Option<DateTime<Utc>>| Some(Expiration { ttl: None, expires_at: t.map(at) });
-        let ttl_of = |text: &str| Some(Expiration { ttl: Some(text.into()), expires_at: None });
+        type Case<'a> = (
+            &'a str,
+            Option<ExpirationPolicy>,
+            Option<Expiration>,
+            Option<DateTime<Utc>>,
+            &'a [&'a str],
+        );
+        let expires = |t: Option<DateTime<Utc>>| {
+            Some(Expiration {
+                ttl: None,
+                expires_at: t.map(at),
+            })
+        };
+        let ttl_of = |text: &str| {
+            Some(Expiration {
+                ttl: Some(text.into()),
+                expires_at: None,
+            })
+        };
         let table: Vec<Case> = vec![
             ("no policy, no expiry", None, None, None, &[]),
             ("no policy, ttl", None, ttl_of("10d"), days(10), &[]),
-            ("no policy, expiresAt", None, expires(days(400)), days(400), &[]),
-            ("ttl within max", lifetime(false, None, Some("90d")), ttl_of("30d"), days(30), &[]),
+            (
+                "no policy, expiresAt",
+                None,
+                expires(days(400)),
+                days(400),
+                &[],
+            ),
+            (
+                "ttl within max",
+                lifetime(false, None, Some("90d")),
+                ttl_of("30d"),
+                days(30),
+                &[],
+            ),
             (
                 "ttl over max is clamped",
                 lifetime(false, None, Some("90d")),
@@ -1513,11 +2192,41 @@ mod tests {
                 days(90),
                 &["spec.expiration.expiresAt"],
             ),
-            ("expiresAt within max", lifetime(false, None, Some("90d")), expires(days(10)), days(10), &[]),
-            ("default fills in", lifetime(false, Some("30d"), Some("90d")), None, days(30), &[]),
-            ("max caps no expiry", lifetime(false, None, Some("90d")), None, days(90), &[]),
-            ("required without limits", lifetime(true, None, None), None, None, &["spec.expiration"]),
-            ("required, capped by max", lifetime(true, None, Some("90d")), None, days(90), &["spec.expiration"]),
+            (
+                "expiresAt within max",
+                lifetime(false, None, Some("90d")),
+                expires(days(10)),
+                days(10),
+                &[],
+            ),
+            (
+                "default fills in",
+                lifetime(false, Some("30d"), Some("90d")),
+                None,
+                days(30),
+                &[],
+            ),
+            (
+                "max caps no expiry",
+                lifetime(false, None, Some("90d")),
+                None,
+                days(90),
+                &[],
+            ),
+            (
+                "required without limits",
+                lifetime(true, None, None),
+                None,
+                None,
+                &["spec.expiration"],
+            ),
+            (
+                "required, capped by max",
+                lifetime(true, None, Some("90d")),
+                None,
+                days(90),
+                &["spec.expiration"],
+            ),
             (
                 "huge ttl is capped",
                 lifetime(false, None, Some("90d")),
@@ -1525,14 +2234,42 @@ mod tests {
                 days(90),
                 &["spec.expiration.ttl"],
             ),
-            ("huge ttl without policy never expires", None, ttl_of("999999999d"), None, &[]),
-            ("unreadable ttl fails closed", lifetime(false, None, Some("90d")), ttl_of("soon"), Some(issued), &[]),
+            (
+                "huge ttl without policy never expires",
+                None,
+                ttl_of("999999999d"),
+                None,
+                &[],
+            ),
+            (
+                "unreadable ttl fails closed",
+                lifetime(false, None, Some("90d")),
+                ttl_of("soon"),
+                Some(issued),
+                &[],
+            ),
         ];
         for (case, policy, expiration, want, fields) in table {
-            let effective = everywhere(&[("p", TokenPolicySpec { expiration: policy, ..Default::default() })]);
-            let resolved = effective.resolve(&PersonalAccessTokenSpec { expiration, ..pat() }, issued);
+            let effective = everywhere(&[(
+                "p",
+                TokenPolicySpec {
+                    expiration: policy,
+                    ..Default::default()
+                },
+            )]);
+            let resolved = effective.resolve(
+                &PersonalAccessTokenSpec {
+                    expiration,
+                    ..pat()
+                },
+                issued,
+            );
             assert_eq!(resolved.expires_at, want, "{case}");
-            let got: Vec<_> = resolved.non_compliance.iter().map(|v| v.field.as_str()).collect();
+            let got: Vec<_> = resolved
+                .non_compliance
+                .iter()
+                .map(|v| v.field.as_str())
+                .collect();
             assert_eq!(got, fields, "{case}");
         }
     }
@@ -1541,15 +2278,30 @@ mod tests {
     fn resolve_narrows_and_reports() {
         let effective = strict();
         let spec = PersonalAccessTokenSpec {
-            scopes: vec!["read:pods".into(), "deploy:prod".into(), "deploy:staging".into(), "x".into()],
-            expiration: Some(Expiration { ttl: Some("365d".into()), expires_at: None }),
+            scopes: vec![
+                "read:pods".into(),
+                "deploy:prod".into(),
+                "deploy:staging".into(),
+                "x".into(),
+            ],
+            expiration: Some(Expiration {
+                ttl: Some("365d".into()),
+                expires_at: None,
+            }),
             secret: Some(SecretDelivery {
                 name: None,
                 retention: Some(Retention::Persistent),
                 reveal_window: Some("4h".into()),
             }),
-            owner: Some(TokenOwner { username: "root".into(), uid: None, groups: vec!["system:masters".into()] }),
-            exchange: Some(ExchangeSpec { audiences: vec!["grafana".into(), "argo".into()], allowed_actors: vec![] }),
+            owner: Some(TokenOwner {
+                username: "root".into(),
+                uid: None,
+                groups: vec!["system:masters".into()],
+            }),
+            exchange: Some(ExchangeSpec {
+                audiences: vec!["grafana".into(), "argo".into()],
+                allowed_actors: vec![],
+            }),
             ..pat()
         };
         let resolved = effective.resolve(&spec, now());
@@ -1560,7 +2312,11 @@ mod tests {
         assert_eq!(resolved.reveal_window, d("1h"));
         assert_eq!(resolved.exchange_audiences, Some(vec!["argo".to_owned()]));
         assert_eq!(resolved.exchange_max_ttl, DEFAULT_EXCHANGE_MAX_TTL);
-        let got: Vec<_> = resolved.non_compliance.iter().map(|v| (v.field.as_str(), v.policy.as_deref())).collect();
+        let got: Vec<_> = resolved
+            .non_compliance
+            .iter()
+            .map(|v| (v.field.as_str(), v.policy.as_deref()))
+            .collect();
         assert_eq!(
             got,
             [
@@ -1578,7 +2334,12 @@ mod tests {
             s.retention = None;
         }
         let resolved = effective.resolve(&one_time, now());
-        assert!(resolved.non_compliance.iter().any(|v| v.field == "spec.secret.revealWindow"));
+        assert!(
+            resolved
+                .non_compliance
+                .iter()
+                .any(|v| v.field == "spec.secret.revealWindow")
+        );
     }
 
     #[test]
@@ -1586,13 +2347,18 @@ mod tests {
         let effective = everywhere(&[(
             "a",
             TokenPolicySpec {
-                secret: Some(SecretPolicy { allowed_retention: None, max_reveal_window: Some("30m".into()) }),
+                secret: Some(SecretPolicy {
+                    allowed_retention: None,
+                    max_reveal_window: Some("30m".into()),
+                }),
                 exchange: Some(ExchangePolicy {
                     max_ttl: Some("5m".into()),
                     audiences: Some(vec!["vault".into(), "argo".into()]),
                 }),
                 idle_timeout: Some("30d".into()),
-                rotation: Some(RotationPolicy { warn_before: Some("7d".into()) }),
+                rotation: Some(RotationPolicy {
+                    warn_before: Some("7d".into()),
+                }),
                 ..Default::default()
             },
         )]);
@@ -1600,22 +2366,34 @@ mod tests {
         let resolved = effective.resolve(&pat(), now());
         assert_eq!(resolved.reveal_window, d("30m"));
         assert_eq!(resolved.exchange_max_ttl, d("5m"));
-        assert_eq!(resolved.exchange_audiences, Some(vec!["vault".to_owned(), "argo".to_owned()]));
+        assert_eq!(
+            resolved.exchange_audiences,
+            Some(vec!["vault".to_owned(), "argo".to_owned()])
+        );
         assert_eq!(resolved.idle_timeout, Some(d("30d")));
         assert_eq!(resolved.warn_before, Some(d("7d")));
         assert_eq!(resolved.policies, ["a"]);
         assert!(resolved.is_compliant(), "{:?}", resolved.non_compliance);
 
         let mut spec = pat();
-        spec.secret = Some(SecretDelivery { reveal_window: Some("10m".into()), ..Default::default() });
-        spec.exchange = Some(ExchangeSpec { audiences: vec!["argo".into()], allowed_actors: vec![] });
+        spec.secret = Some(SecretDelivery {
+            reveal_window: Some("10m".into()),
+            ..Default::default()
+        });
+        spec.exchange = Some(ExchangeSpec {
+            audiences: vec!["argo".into()],
+            allowed_actors: vec![],
+        });
         let resolved = effective.resolve(&spec, now());
         assert_eq!(resolved.reveal_window, d("10m"));
         assert_eq!(resolved.exchange_audiences, Some(vec!["argo".to_owned()]));
         assert!(resolved.is_compliant());
 
         // Unreadable reveal window: the default, clamped.
-        spec.secret = Some(SecretDelivery { reveal_window: Some("later".into()), ..Default::default() });
+        spec.secret = Some(SecretDelivery {
+            reveal_window: Some("later".into()),
+            ..Default::default()
+        });
         assert_eq!(effective.resolve(&spec, now()).reveal_window, d("30m"));
     }
 
@@ -1635,11 +2413,17 @@ mod tests {
             },
             |s| {
                 ttl(s, "1d");
-                s.secret = Some(SecretDelivery { retention: Some(Retention::Persistent), ..Default::default() });
+                s.secret = Some(SecretDelivery {
+                    retention: Some(Retention::Persistent),
+                    ..Default::default()
+                });
             },
             |s| {
                 ttl(s, "1d");
-                s.exchange = Some(ExchangeSpec { audiences: vec!["x".into()], allowed_actors: vec![] });
+                s.exchange = Some(ExchangeSpec {
+                    audiences: vec!["x".into()],
+                    allowed_actors: vec![],
+                });
             },
         ];
         for edit in edits {

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::v1alpha1::TokenOwner;
@@ -96,11 +98,21 @@ pub enum RecordError {
     #[error("token record {0} has no {DATA_KEY:?} key")]
     MissingData(String),
     #[error("token record {name} is malformed: {source}")]
-    Malformed { name: String, source: serde_json::Error },
+    Malformed {
+        name: String,
+        source: serde_json::Error,
+    },
     #[error("token record {name} names token {inner} but is labelled {label}")]
-    Mismatch { name: String, inner: String, label: String },
+    Mismatch {
+        name: String,
+        inner: String,
+        label: String,
+    },
     #[error("cannot encode token record {name}: {source}")]
-    Encode { name: String, source: serde_json::Error },
+    Encode {
+        name: String,
+        source: serde_json::Error,
+    },
 }
 
 impl TokenRecord {
@@ -119,7 +131,10 @@ impl TokenRecord {
     /// The record as a Secret in `namespace`.
     pub fn to_secret(&self, namespace: &str) -> Result<Secret, RecordError> {
         let name = Self::secret_name(&self.token_id);
-        let json = serde_json::to_vec(self).map_err(|source| RecordError::Encode { name: name.clone(), source })?;
+        let json = serde_json::to_vec(self).map_err(|source| RecordError::Encode {
+            name: name.clone(),
+            source,
+        })?;
         let labels = BTreeMap::from([
             (COMPONENT_LABEL.to_owned(), COMPONENT.to_owned()),
             (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
@@ -154,7 +169,10 @@ impl TokenRecord {
             .and_then(|d| d.get(DATA_KEY))
             .ok_or_else(|| RecordError::MissingData(name.clone()))?;
         let record: TokenRecord =
-            serde_json::from_slice(&data.0).map_err(|source| RecordError::Malformed { name: name.clone(), source })?;
+            serde_json::from_slice(&data.0).map_err(|source| RecordError::Malformed {
+                name: name.clone(),
+                source,
+            })?;
         let label = secret
             .metadata
             .labels
@@ -163,7 +181,11 @@ impl TokenRecord {
             .cloned()
             .unwrap_or_default();
         if label != record.token_id {
-            return Err(RecordError::Mismatch { name, inner: record.token_id, label });
+            return Err(RecordError::Mismatch {
+                name,
+                inner: record.token_id,
+                label,
+            });
         }
         Ok(record)
     }
@@ -178,13 +200,30 @@ mod tests {
             token_id: "AbCdEf012345".into(),
             hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
             hint: "patrol_AbCdEf012345_…wxyz".into(),
-            owner: TokenOwner { username: "alice".into(), uid: Some("u-1".into()), groups: vec!["dev".into()] },
+            owner: TokenOwner {
+                username: "alice".into(),
+                uid: Some("u-1".into()),
+                groups: vec!["dev".into()],
+            },
             scopes: vec!["read:pods".into()],
-            issued_at: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").expect("time").to_utc(),
-            expires_at: Some(DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z").expect("time").to_utc()),
+            issued_at: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+                .expect("time")
+                .to_utc(),
+            expires_at: Some(
+                DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z")
+                    .expect("time")
+                    .to_utc(),
+            ),
             idle_timeout_seconds: Some(86_400),
-            pat: PatReference { namespace: "team-a".into(), name: "laptop".into(), uid: "pat-uid".into() },
-            exchange: ExchangeGrant { max_ttl_seconds: 3_600, ..ExchangeGrant::default() },
+            pat: PatReference {
+                namespace: "team-a".into(),
+                name: "laptop".into(),
+                uid: "pat-uid".into(),
+            },
+            exchange: ExchangeGrant {
+                max_ttl_seconds: 3_600,
+                ..ExchangeGrant::default()
+            },
             rotation_request: None,
         }
     }
@@ -193,7 +232,10 @@ mod tests {
     fn round_trips_through_a_secret() {
         let record = sample();
         let secret = record.to_secret("patrol-system").expect("encode");
-        assert_eq!(secret.metadata.name.as_deref(), Some("patrol-token-abcdef012345"));
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("patrol-token-abcdef012345")
+        );
         assert_eq!(secret.type_.as_deref(), Some(SECRET_TYPE));
         assert_eq!(TokenRecord::from_secret(&secret).expect("decode"), record);
     }
@@ -202,19 +244,39 @@ mod tests {
     fn rejects_what_is_not_a_record() {
         let mut secret = sample().to_secret("ns").expect("encode");
         secret.type_ = Some("Opaque".into());
-        assert!(matches!(TokenRecord::from_secret(&secret), Err(RecordError::WrongType(_))));
+        assert!(matches!(
+            TokenRecord::from_secret(&secret),
+            Err(RecordError::WrongType(_))
+        ));
 
         let mut secret = sample().to_secret("ns").expect("encode");
         secret.data = None;
-        assert!(matches!(TokenRecord::from_secret(&secret), Err(RecordError::MissingData(_))));
+        assert!(matches!(
+            TokenRecord::from_secret(&secret),
+            Err(RecordError::MissingData(_))
+        ));
 
         let mut secret = sample().to_secret("ns").expect("encode");
-        secret.data = Some(BTreeMap::from([(DATA_KEY.to_owned(), ByteString(b"{not json".to_vec()))]));
-        assert!(matches!(TokenRecord::from_secret(&secret), Err(RecordError::Malformed { .. })));
+        secret.data = Some(BTreeMap::from([(
+            DATA_KEY.to_owned(),
+            ByteString(b"{not json".to_vec()),
+        )]));
+        assert!(matches!(
+            TokenRecord::from_secret(&secret),
+            Err(RecordError::Malformed { .. })
+        ));
 
         let mut secret = sample().to_secret("ns").expect("encode");
-        secret.metadata.labels.as_mut().expect("labels").insert(TOKEN_ID_LABEL.into(), "other".into());
-        assert!(matches!(TokenRecord::from_secret(&secret), Err(RecordError::Mismatch { .. })));
+        secret
+            .metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert(TOKEN_ID_LABEL.into(), "other".into());
+        assert!(matches!(
+            TokenRecord::from_secret(&secret),
+            Err(RecordError::Mismatch { .. })
+        ));
     }
 
     #[test]

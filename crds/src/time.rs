@@ -8,7 +8,11 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 /// -9999..=9999 — far beyond any token's life).
 pub fn to_k8s(t: DateTime<Utc>) -> Time {
     let nanos = i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0);
-    let ts = Timestamp::new(t.timestamp(), nanos).unwrap_or(if t.timestamp() < 0 { Timestamp::MIN } else { Timestamp::MAX });
+    let ts = Timestamp::new(t.timestamp(), nanos).unwrap_or(if t.timestamp() < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    });
     Time(ts)
 }
 
@@ -24,9 +28,14 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let t = DateTime::parse_from_rfc3339("2026-11-28T04:09:09.123456789Z").expect("time").to_utc();
+        let t = DateTime::parse_from_rfc3339("2026-11-28T04:09:09.123456789Z")
+            .expect("time")
+            .to_utc();
         assert_eq!(from_k8s(&to_k8s(t)), t);
         // On the wire Kubernetes keeps whole seconds.
-        assert_eq!(serde_json::to_string(&to_k8s(t)).expect("json"), "\"2026-11-28T04:09:09Z\"");
+        assert_eq!(
+            serde_json::to_string(&to_k8s(t)).expect("json"),
+            "\"2026-11-28T04:09:09Z\""
+        );
     }
 }

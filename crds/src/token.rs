@@ -460,7 +460,8 @@ impl TokenHasher {
         getrandom::fill(&mut salt).map_err(TokenError::Random)?;
         let params = self.params.to_argon2()?;
         let mut out = [0u8; OUTPUT_LEN];
-        compute(&params, token.expose_secret().as_bytes(), &salt, &mut out).map_err(TokenError::InvalidHashParams)?;
+        compute(&params, token.expose_secret().as_bytes(), &salt, &mut out)
+            .map_err(TokenError::InvalidHashParams)?;
         let phc = PasswordHash {
             algorithm: ARGON2ID_IDENT,
             version: Some(Version::V0x13.into()),
@@ -504,11 +505,23 @@ impl TokenHasher {
             return false;
         };
         let expected = expected.as_bytes();
-        let Ok(params) = argon2::Params::new(stored.m_cost(), stored.t_cost(), stored.p_cost(), Some(expected.len())) else {
+        let Ok(params) = argon2::Params::new(
+            stored.m_cost(),
+            stored.t_cost(),
+            stored.p_cost(),
+            Some(expected.len()),
+        ) else {
             return false;
         };
         let mut out = Zeroizing::new(vec![0u8; expected.len()]);
-        if compute(&params, presented.expose_secret().as_bytes(), salt.as_ref(), &mut out).is_err() {
+        if compute(
+            &params,
+            presented.expose_secret().as_bytes(),
+            salt.as_ref(),
+            &mut out,
+        )
+        .is_err()
+        {
             return false;
         }
         bool::from(out.as_slice().ct_eq(expected))
@@ -527,7 +540,12 @@ thread_local! {
 }
 
 /// Runs argon2id (v1.3) with `params` into `out`, on this thread's reusable memory.
-fn compute(params: &argon2::Params, pwd: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), argon2::Error> {
+fn compute(
+    params: &argon2::Params,
+    pwd: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
@@ -535,7 +553,8 @@ fn compute(params: &argon2::Params, pwd: &[u8], salt: &[u8], out: &mut [u8]) -> 
         if scratch.len() < blocks {
             scratch.resize(blocks, Block::new());
         }
-        let result = argon.hash_password_into_with_memory(pwd, salt, &mut *out, &mut scratch[..blocks]);
+        let result =
+            argon.hash_password_into_with_memory(pwd, salt, &mut *out, &mut scratch[..blocks]);
         // The blocks hold state derived from the token: wipe before the next use.
         scratch[..blocks].fill(Block::new());
         result
@@ -619,7 +638,11 @@ mod tests {
         let token = generate().expect("generate");
         let ours = hasher.hash(&token).expect("hash");
         let parsed_phc = PasswordHash::new(&ours).expect("phc");
-        assert!(Argon2::default().verify_password(token.expose_secret().as_bytes(), &parsed_phc).is_ok());
+        assert!(
+            Argon2::default()
+                .verify_password(token.expose_secret().as_bytes(), &parsed_phc)
+                .is_ok()
+        );
 
         let params = argon2::Params::new(64, 1, 1, None).expect("params");
         let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)

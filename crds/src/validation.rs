@@ -17,19 +17,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use crate::{
     duration::{self, Duration},
     policy::ScopePattern,
-    v1alpha1::{MAX_DISPLAY_NAME, MAX_NAME, MAX_SCOPE_LEN, MAX_SCOPES, PersonalAccessTokenSpec, TokenPolicySpec},
+    v1alpha1::{
+        MAX_DISPLAY_NAME, MAX_NAME, MAX_SCOPE_LEN, MAX_SCOPES, PersonalAccessTokenSpec,
+        TokenPolicySpec,
+    },
 };
 
 /// CEL message of the owner-immutability rule on `PersonalAccessTokenSpec`.
 pub const OWNER_IMMUTABLE: &str =
     "spec.owner is immutable once set; create a new PersonalAccessToken for another owner";
 /// CEL message of the revocation rule on `PersonalAccessTokenSpec`.
-pub const REVOKED_IS_FINAL: &str =
-    "spec.revoked cannot be set back to false: a revoked token stays revoked; create a new PersonalAccessToken";
+pub const REVOKED_IS_FINAL: &str = "spec.revoked cannot be set back to false: a revoked token stays revoked; create a new PersonalAccessToken";
 /// CEL message of the rule on `SecretDelivery`.
 pub const SECRET_NAME_IMMUTABLE: &str = "spec.secret.name is immutable";
 /// CEL message of the one-of rule on `Expiration`.
-pub const EXPIRATION_ONE_OF: &str = "set exactly one of spec.expiration.ttl or spec.expiration.expiresAt";
+pub const EXPIRATION_ONE_OF: &str =
+    "set exactly one of spec.expiration.ttl or spec.expiration.expiresAt";
 
 /// Schema limits that have no named constant in `v1alpha1`; a test checks each against the
 /// generated CRD so the two cannot drift.
@@ -58,7 +61,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -98,7 +104,12 @@ impl Errors {
 
     /// Like [`Errors::duration`], and zero is an error (`why` says what zero would do);
     /// `None` unless positive, so later comparisons do not repeat the complaint.
-    fn positive_duration(&mut self, field: &str, value: Option<&Duration>, why: &str) -> Option<StdDuration> {
+    fn positive_duration(
+        &mut self,
+        field: &str,
+        value: Option<&Duration>,
+        why: &str,
+    ) -> Option<StdDuration> {
         let parsed = self.duration(field, value)?;
         if parsed.is_zero() {
             self.push(field, format!("must be greater than zero: {why}"));
@@ -109,18 +120,37 @@ impl Errors {
 
     /// A list of distinct, non-empty strings of bounded length and count (an
     /// `x-kubernetes-list-type: set` of bounded strings in the schema).
-    fn string_set(&mut self, field: &str, values: &[String], max_items: usize, max_len: usize, what: &str) {
+    fn string_set(
+        &mut self,
+        field: &str,
+        values: &[String],
+        max_items: usize,
+        max_len: usize,
+        what: &str,
+    ) {
         if values.len() > max_items {
-            self.push(field, format!("at most {max_items} {what}s are allowed; this lists {}", values.len()));
+            self.push(
+                field,
+                format!(
+                    "at most {max_items} {what}s are allowed; this lists {}",
+                    values.len()
+                ),
+            );
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, value) in values.iter().enumerate() {
             let item = format!("{field}[{i}]");
             let len = value.chars().count();
             if value.is_empty() {
-                self.push(&item, format!("{what} must not be empty; remove the entry or fill it in"));
+                self.push(
+                    &item,
+                    format!("{what} must not be empty; remove the entry or fill it in"),
+                );
             } else if len > max_len {
-                self.push(&item, format!("{what} must be at most {max_len} characters; this one has {len}"));
+                self.push(
+                    &item,
+                    format!("{what} must be at most {max_len} characters; this one has {len}"),
+                );
             }
             if let Some(first) = seen.insert(value, i) {
                 self.push(
@@ -167,7 +197,10 @@ pub fn validate_token(name: &str, spec: &PersonalAccessTokenSpec) -> Vec<FieldEr
     if spec.scopes.len() > MAX_SCOPES {
         errs.push(
             "spec.scopes",
-            format!("at most {MAX_SCOPES} scopes are allowed; this token lists {}", spec.scopes.len()),
+            format!(
+                "at most {MAX_SCOPES} scopes are allowed; this token lists {}",
+                spec.scopes.len()
+            ),
         );
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -179,7 +212,9 @@ pub fn validate_token(name: &str, spec: &PersonalAccessTokenSpec) -> Vec<FieldEr
         if let Some(first) = seen.insert(scope, i) {
             errs.push(
                 &field,
-                format!("duplicate scope {scope:?} (already spec.scopes[{first}]); list each scope once"),
+                format!(
+                    "duplicate scope {scope:?} (already spec.scopes[{first}]); list each scope once"
+                ),
             );
         }
     }
@@ -187,7 +222,10 @@ pub fn validate_token(name: &str, spec: &PersonalAccessTokenSpec) -> Vec<FieldEr
     if let Some(owner) = &spec.owner {
         let len = owner.username.chars().count();
         if owner.username.is_empty() {
-            errs.push("spec.owner.username", "must not be empty; omit spec.owner to own the token yourself");
+            errs.push(
+                "spec.owner.username",
+                "must not be empty; omit spec.owner to own the token yourself",
+            );
         } else if len > MAX_SUBJECT_LEN {
             errs.push(
                 "spec.owner.username",
@@ -206,17 +244,25 @@ pub fn validate_token(name: &str, spec: &PersonalAccessTokenSpec) -> Vec<FieldEr
         if owner.groups.len() > MAX_OWNER_GROUPS {
             errs.push(
                 "spec.owner.groups",
-                format!("at most {MAX_OWNER_GROUPS} groups are allowed; this lists {}", owner.groups.len()),
+                format!(
+                    "at most {MAX_OWNER_GROUPS} groups are allowed; this lists {}",
+                    owner.groups.len()
+                ),
             );
         }
         for (i, group) in owner.groups.iter().enumerate() {
             let len = group.chars().count();
             if group.is_empty() {
-                errs.push(format!("spec.owner.groups[{i}]"), "group must not be empty; remove the entry");
+                errs.push(
+                    format!("spec.owner.groups[{i}]"),
+                    "group must not be empty; remove the entry",
+                );
             } else if len > MAX_SUBJECT_LEN {
                 errs.push(
                     format!("spec.owner.groups[{i}]"),
-                    format!("group must be at most {MAX_SUBJECT_LEN} characters; this one has {len}"),
+                    format!(
+                        "group must be at most {MAX_SUBJECT_LEN} characters; this one has {len}"
+                    ),
                 );
             }
         }
@@ -237,7 +283,10 @@ pub fn validate_token(name: &str, spec: &PersonalAccessTokenSpec) -> Vec<FieldEr
         if let Some(secret_name) = &secret.name
             && let Err(message) = check_dns1123_subdomain(secret_name, MAX_SECRET_NAME_LEN)
         {
-            errs.push("spec.secret.name", format!("{message}; omit it to use \"<metadata.name>-token\""));
+            errs.push(
+                "spec.secret.name",
+                format!("{message}; omit it to use \"<metadata.name>-token\""),
+            );
         }
         errs.duration("spec.secret.revealWindow", secret.reveal_window.as_ref());
     }
@@ -284,7 +333,10 @@ pub fn validate_token(name: &str, spec: &PersonalAccessTokenSpec) -> Vec<FieldEr
 ///
 /// The Secret name compared is the one set in the spec (absent counts as empty), so removing
 /// `spec.secret` and re-adding it under another name is refused too.
-pub fn validate_token_update(old: &PersonalAccessTokenSpec, new: &PersonalAccessTokenSpec) -> Vec<FieldError> {
+pub fn validate_token_update(
+    old: &PersonalAccessTokenSpec,
+    new: &PersonalAccessTokenSpec,
+) -> Vec<FieldError> {
     let mut errs = Errors::default();
     if let Some(old_owner) = &old.owner
         && new.owner.as_ref() != Some(old_owner)
@@ -294,7 +346,8 @@ pub fn validate_token_update(old: &PersonalAccessTokenSpec, new: &PersonalAccess
     if old.revoked && !new.revoked {
         errs.push("spec.revoked", REVOKED_IS_FINAL);
     }
-    let secret_name = |spec: &PersonalAccessTokenSpec| spec.secret.as_ref().and_then(|s| s.name.clone());
+    let secret_name =
+        |spec: &PersonalAccessTokenSpec| spec.secret.as_ref().and_then(|s| s.name.clone());
     if secret_name(old) != secret_name(new) {
         errs.push("spec.secret.name", SECRET_NAME_IMMUTABLE);
     }
@@ -307,7 +360,8 @@ pub fn validate_policy(spec: &TokenPolicySpec) -> Vec<FieldError> {
     let mut errs = Errors::default();
 
     if let Some(selector) = &spec.namespace_selector {
-        errs.0.extend(validate_label_selector("spec.namespaceSelector", selector));
+        errs.0
+            .extend(validate_label_selector("spec.namespaceSelector", selector));
     }
 
     if let Some(expiration) = &spec.expiration {
@@ -345,7 +399,10 @@ pub fn validate_policy(spec: &TokenPolicySpec) -> Vec<FieldError> {
         if globs.len() > MAX_POLICY_SCOPES {
             errs.push(
                 "spec.allowedScopes",
-                format!("at most {MAX_POLICY_SCOPES} patterns are allowed; this lists {}", globs.len()),
+                format!(
+                    "at most {MAX_POLICY_SCOPES} patterns are allowed; this lists {}",
+                    globs.len()
+                ),
             );
         }
         for (i, glob) in globs.iter().enumerate() {
@@ -388,7 +445,13 @@ pub fn validate_policy(spec: &TokenPolicySpec) -> Vec<FieldError> {
             "exchanged tokens would expire as they are issued; omit it for the 1h default",
         );
         if let Some(audiences) = &exchange.audiences {
-            errs.string_set("spec.exchange.audiences", audiences, MAX_POLICY_AUDIENCES, MAX_SUBJECT_LEN, "audience");
+            errs.string_set(
+                "spec.exchange.audiences",
+                audiences,
+                MAX_POLICY_AUDIENCES,
+                MAX_SUBJECT_LEN,
+                "audience",
+            );
         }
     }
 
@@ -405,7 +468,10 @@ pub fn validate_label_selector(field: &str, selector: &LabelSelector) -> Vec<Fie
     let mut errs = Errors::default();
     for (key, value) in selector.match_labels.iter().flatten() {
         if let Err(message) = check_qualified_name(key) {
-            errs.push(format!("{field}.matchLabels"), format!("key {key:?}: {message}"));
+            errs.push(
+                format!("{field}.matchLabels"),
+                format!("key {key:?}: {message}"),
+            );
         }
         if let Err(message) = check_label_value(value) {
             errs.push(format!("{field}.matchLabels.{key}"), message);
@@ -414,7 +480,10 @@ pub fn validate_label_selector(field: &str, selector: &LabelSelector) -> Vec<Fie
     for (i, requirement) in selector.match_expressions.iter().flatten().enumerate() {
         let at = format!("{field}.matchExpressions[{i}]");
         if let Err(message) = check_qualified_name(&requirement.key) {
-            errs.push(format!("{at}.key"), format!("{:?}: {message}", requirement.key));
+            errs.push(
+                format!("{at}.key"),
+                format!("{:?}: {message}", requirement.key),
+            );
         }
         let values = requirement.values.as_deref().unwrap_or_default();
         match requirement.operator.as_str() {
@@ -446,7 +515,10 @@ pub fn validate_label_selector(field: &str, selector: &LabelSelector) -> Vec<Fie
                 }
             }
             other => {
-                errs.push(format!("{at}.operator"), format!("unknown operator {other:?}; use {SELECTOR_OPERATORS}"));
+                errs.push(
+                    format!("{at}.operator"),
+                    format!("unknown operator {other:?}; use {SELECTOR_OPERATORS}"),
+                );
             }
         }
     }
@@ -460,7 +532,9 @@ pub fn check_scope(scope: &str) -> Result<(), String> {
     }
     let len = scope.chars().count();
     if len > MAX_SCOPE_LEN {
-        return Err(format!("scope must be at most {MAX_SCOPE_LEN} characters; this one has {len}"));
+        return Err(format!(
+            "scope must be at most {MAX_SCOPE_LEN} characters; this one has {len}"
+        ));
     }
     let bad = disallowed_chars(scope, is_scope_char);
     if !bad.is_empty() {
@@ -485,10 +559,15 @@ pub fn check_dns1123_subdomain(name: &str, max_len: usize) -> Result<(), String>
         return Err(format!("must not be empty; {ACCEPTED}"));
     }
     if name.len() > max_len {
-        return Err(format!("must be at most {max_len} characters; this one has {}", name.len()));
+        return Err(format!(
+            "must be at most {max_len} characters; this one has {}",
+            name.len()
+        ));
     }
     if !name.split('.').all(is_dns1123_label) {
-        return Err(format!("{name:?} is not a valid DNS-1123 subdomain; {ACCEPTED}"));
+        return Err(format!(
+            "{name:?} is not a valid DNS-1123 subdomain; {ACCEPTED}"
+        ));
     }
     Ok(())
 }
@@ -498,7 +577,10 @@ fn is_dns1123_label(label: &str) -> bool {
     let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     match (bytes.first(), bytes.last()) {
         (Some(first), Some(last)) => {
-            bytes.len() <= 63 && edge(first) && edge(last) && bytes.iter().all(|b| edge(b) || *b == b'-')
+            bytes.len() <= 63
+                && edge(first)
+                && edge(last)
+                && bytes.iter().all(|b| edge(b) || *b == b'-')
         }
         _ => false,
     }
@@ -512,7 +594,9 @@ fn is_label_name(name: &str) -> bool {
             bytes.len() <= 63
                 && first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         }
         _ => false,
     }
@@ -548,20 +632,28 @@ pub(crate) fn disallowed_chars(text: &str, ok: impl Fn(char) -> bool) -> String 
     let mut bad: Vec<char> = text.chars().filter(|c| !ok(*c)).collect();
     bad.sort_unstable();
     bad.dedup();
-    bad.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+    bad.iter()
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `":._"` → `": . _"`, for listing accepted punctuation in messages.
 pub(crate) fn spaced(chars: &str) -> String {
-    chars.chars().map(String::from).collect::<Vec<_>>().join(" ")
+    chars
+        .chars()
+        .map(String::from)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::v1alpha1::{
-        ExchangePolicy, ExchangeSpec, Expiration, ExpirationPolicy, PersonalAccessToken, Retention, Rotation,
-        RotationPolicy, SCOPE_PATTERN, SecretDelivery, SecretPolicy, TokenOwner, TokenPolicy,
+        ExchangePolicy, ExchangeSpec, Expiration, ExpirationPolicy, PersonalAccessToken, Retention,
+        Rotation, RotationPolicy, SCOPE_PATTERN, SecretDelivery, SecretPolicy, TokenOwner,
+        TokenPolicy,
     };
     use k8s_openapi::{
         apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time},
@@ -580,7 +672,10 @@ mod tests {
                 groups: vec!["developers".into()],
             }),
             scopes: vec!["read:pods".into(), "deploy/*".into()],
-            expiration: Some(Expiration { ttl: Some("90d".into()), expires_at: None }),
+            expiration: Some(Expiration {
+                ttl: Some("90d".into()),
+                expires_at: None,
+            }),
             secret: Some(SecretDelivery {
                 name: Some("laptop-token".into()),
                 retention: Some(Retention::OneTime),
@@ -609,15 +704,24 @@ mod tests {
                     Some(&["kube-system"]),
                 )]),
             }),
-            expiration: Some(ExpirationPolicy { required: true, default: Some("30d".into()), max: Some("90d".into()) }),
+            expiration: Some(ExpirationPolicy {
+                required: true,
+                default: Some("30d".into()),
+                max: Some("90d".into()),
+            }),
             idle_timeout: Some("30d".into()),
             allowed_scopes: Some(vec!["read:*".into(), "deploy/?".into()]),
             secret: Some(SecretPolicy {
                 allowed_retention: Some(vec![Retention::OneTime]),
                 max_reveal_window: Some("1h".into()),
             }),
-            exchange: Some(ExchangePolicy { max_ttl: Some("15m".into()), audiences: Some(vec!["vault".into()]) }),
-            rotation: Some(RotationPolicy { warn_before: Some("7d".into()) }),
+            exchange: Some(ExchangePolicy {
+                max_ttl: Some("15m".into()),
+                audiences: Some(vec!["vault".into()]),
+            }),
+            rotation: Some(RotationPolicy {
+                warn_before: Some("7d".into()),
+            }),
             owners: None,
         }
     }
@@ -635,17 +739,27 @@ mod tests {
         assert_eq!(errs.len(), 1, "{case}: expected one error, got {errs:#?}");
         assert_eq!(errs[0].field, field, "{case}: {errs:#?}");
         for needle in needles {
-            assert!(errs[0].message.contains(needle), "{case}: {:?} lacks {needle:?}", errs[0].message);
+            assert!(
+                errs[0].message.contains(needle),
+                "{case}: {:?} lacks {needle:?}",
+                errs[0].message
+            );
         }
     }
 
     #[test]
     fn accepts_valid_tokens() {
         assert_eq!(validate_token("laptop", &token()), vec![]);
-        let minimal = PersonalAccessTokenSpec { display_name: "x".into(), ..Default::default() };
+        let minimal = PersonalAccessTokenSpec {
+            display_name: "x".into(),
+            ..Default::default()
+        };
         assert_eq!(validate_token(&"a".repeat(63), &minimal), vec![]);
         let at = PersonalAccessTokenSpec {
-            expiration: Some(Expiration { ttl: None, expires_at: Some(Time(Timestamp::UNIX_EPOCH)) }),
+            expiration: Some(Expiration {
+                ttl: None,
+                expires_at: Some(Time(Timestamp::UNIX_EPOCH)),
+            }),
             ..minimal
         };
         assert_eq!(validate_token("t", &at), vec![]);
@@ -655,17 +769,42 @@ mod tests {
     fn rejects_invalid_tokens_with_actionable_messages() {
         type Edit = fn(&mut PersonalAccessTokenSpec);
         let table: Vec<(&str, Edit, &str, &[&str])> = vec![
-            ("empty display name", |s| s.display_name.clear(), "spec.displayName", &["must not be empty", "e.g."]),
-            ("blank display name", |s| s.display_name = " \t\u{a0}".into(), "spec.displayName", &["blank"]),
-            ("long display name", |s| s.display_name = "é".repeat(101), "spec.displayName", &["at most 100", "101"]),
+            (
+                "empty display name",
+                |s| s.display_name.clear(),
+                "spec.displayName",
+                &["must not be empty", "e.g."],
+            ),
+            (
+                "blank display name",
+                |s| s.display_name = " \t\u{a0}".into(),
+                "spec.displayName",
+                &["blank"],
+            ),
+            (
+                "long display name",
+                |s| s.display_name = "é".repeat(101),
+                "spec.displayName",
+                &["at most 100", "101"],
+            ),
             (
                 "too many scopes",
                 |s| s.scopes = (0..33).map(|i| format!("s{i}")).collect(),
                 "spec.scopes",
                 &["at most 32", "33"],
             ),
-            ("empty scope", |s| s.scopes = vec![String::new()], "spec.scopes[0]", &["must not be empty"]),
-            ("long scope", |s| s.scopes = vec!["a".repeat(129)], "spec.scopes[0]", &["at most 128", "129"]),
+            (
+                "empty scope",
+                |s| s.scopes = vec![String::new()],
+                "spec.scopes[0]",
+                &["must not be empty"],
+            ),
+            (
+                "long scope",
+                |s| s.scopes = vec!["a".repeat(129)],
+                "spec.scopes[0]",
+                &["at most 128", "129"],
+            ),
             (
                 "scope chars",
                 |s| s.scopes = vec!["ok".into(), "read pods?".into()],
@@ -681,8 +820,10 @@ mod tests {
             (
                 "both expirations",
                 |s| {
-                    s.expiration =
-                        Some(Expiration { ttl: Some("1h".into()), expires_at: Some(Time(Timestamp::UNIX_EPOCH)) })
+                    s.expiration = Some(Expiration {
+                        ttl: Some("1h".into()),
+                        expires_at: Some(Time(Timestamp::UNIX_EPOCH)),
+                    })
                 },
                 "spec.expiration",
                 &[EXPIRATION_ONE_OF],
@@ -695,21 +836,56 @@ mod tests {
             ),
             (
                 "bad ttl",
-                |s| s.expiration = Some(Expiration { ttl: Some("1y".into()), expires_at: None }),
+                |s| {
+                    s.expiration = Some(Expiration {
+                        ttl: Some("1y".into()),
+                        expires_at: None,
+                    })
+                },
                 "spec.expiration.ttl",
                 &["unknown unit \"y\"", "e.g. 90d"],
             ),
             (
                 "zero ttl",
-                |s| s.expiration = Some(Expiration { ttl: Some("0s".into()), expires_at: None }),
+                |s| {
+                    s.expiration = Some(Expiration {
+                        ttl: Some("0s".into()),
+                        expires_at: None,
+                    })
+                },
                 "spec.expiration.ttl",
                 &["greater than zero", "omit spec.expiration"],
             ),
-            ("secret name case", |s| set_secret_name(s, "Laptop"), "spec.secret.name", &["DNS-1123", "lowercase"]),
-            ("secret name dots", |s| set_secret_name(s, "a..b"), "spec.secret.name", &["DNS-1123"]),
-            ("secret name dash dot", |s| set_secret_name(s, "a-.b"), "spec.secret.name", &["DNS-1123"]),
-            ("secret name empty", |s| set_secret_name(s, ""), "spec.secret.name", &["must not be empty"]),
-            ("secret name long", |s| set_secret_name(s, &"a".repeat(254)), "spec.secret.name", &["at most 253"]),
+            (
+                "secret name case",
+                |s| set_secret_name(s, "Laptop"),
+                "spec.secret.name",
+                &["DNS-1123", "lowercase"],
+            ),
+            (
+                "secret name dots",
+                |s| set_secret_name(s, "a..b"),
+                "spec.secret.name",
+                &["DNS-1123"],
+            ),
+            (
+                "secret name dash dot",
+                |s| set_secret_name(s, "a-.b"),
+                "spec.secret.name",
+                &["DNS-1123"],
+            ),
+            (
+                "secret name empty",
+                |s| set_secret_name(s, ""),
+                "spec.secret.name",
+                &["must not be empty"],
+            ),
+            (
+                "secret name long",
+                |s| set_secret_name(s, &"a".repeat(254)),
+                "spec.secret.name",
+                &["at most 253"],
+            ),
             (
                 "bad reveal window",
                 |s| {
@@ -866,7 +1042,12 @@ mod tests {
             edit(&mut spec);
             assert_one(&validate_token("laptop", &spec), field, needles, case);
         }
-        assert_one(&validate_token(&"n".repeat(64), &token()), "metadata.name", &["at most 63", "64"], "long name");
+        assert_one(
+            &validate_token(&"n".repeat(64), &token()),
+            "metadata.name",
+            &["at most 63", "64"],
+            "long name",
+        );
     }
 
     fn set_secret_name(spec: &mut PersonalAccessTokenSpec, name: &str) {
@@ -880,13 +1061,25 @@ mod tests {
         let spec = PersonalAccessTokenSpec {
             display_name: String::new(),
             scopes: vec!["a b".into()],
-            expiration: Some(Expiration { ttl: Some("x".into()), expires_at: Some(Time(Timestamp::UNIX_EPOCH)) }),
+            expiration: Some(Expiration {
+                ttl: Some("x".into()),
+                expires_at: Some(Time(Timestamp::UNIX_EPOCH)),
+            }),
             ..Default::default()
         };
-        let fields: Vec<_> = validate_token(&"n".repeat(70), &spec).into_iter().map(|e| e.field).collect();
+        let fields: Vec<_> = validate_token(&"n".repeat(70), &spec)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(
             fields,
-            ["metadata.name", "spec.displayName", "spec.scopes[0]", "spec.expiration", "spec.expiration.ttl"]
+            [
+                "metadata.name",
+                "spec.displayName",
+                "spec.scopes[0]",
+                "spec.expiration",
+                "spec.expiration.ttl"
+            ]
         );
     }
 
@@ -910,7 +1103,11 @@ mod tests {
                 },
                 vec![],
             ),
-            ("owner changes", |_, new| other_owner(new), vec![("spec.owner", OWNER_IMMUTABLE)]),
+            (
+                "owner changes",
+                |_, new| other_owner(new),
+                vec![("spec.owner", OWNER_IMMUTABLE)],
+            ),
             (
                 "owner groups change",
                 |_, new| {
@@ -920,10 +1117,18 @@ mod tests {
                 },
                 vec![("spec.owner", OWNER_IMMUTABLE)],
             ),
-            ("owner removed", |_, new| new.owner = None, vec![("spec.owner", OWNER_IMMUTABLE)]),
+            (
+                "owner removed",
+                |_, new| new.owner = None,
+                vec![("spec.owner", OWNER_IMMUTABLE)],
+            ),
             ("owner set later", |old, _| old.owner = None, vec![]),
             ("revoke", |_, new| new.revoked = true, vec![]),
-            ("un-revoke", |old, _| old.revoked = true, vec![("spec.revoked", REVOKED_IS_FINAL)]),
+            (
+                "un-revoke",
+                |old, _| old.revoked = true,
+                vec![("spec.revoked", REVOKED_IS_FINAL)],
+            ),
             (
                 "stay revoked",
                 |old, new| {
@@ -957,8 +1162,16 @@ mod tests {
             ),
             // The rule compares the spec's name whether or not the secret block exists, so
             // dropping the block and re-adding it cannot rename the Secret.
-            ("secret block removed", |_, new| new.secret = None, vec![("spec.secret.name", SECRET_NAME_IMMUTABLE)]),
-            ("secret block added", |old, _| old.secret = None, vec![("spec.secret.name", SECRET_NAME_IMMUTABLE)]),
+            (
+                "secret block removed",
+                |_, new| new.secret = None,
+                vec![("spec.secret.name", SECRET_NAME_IMMUTABLE)],
+            ),
+            (
+                "secret block added",
+                |old, _| old.secret = None,
+                vec![("spec.secret.name", SECRET_NAME_IMMUTABLE)],
+            ),
             (
                 "secret retention changes",
                 |_, new| {
@@ -985,9 +1198,14 @@ mod tests {
         for (case, edit, want) in table {
             let (mut old, mut new) = (base.clone(), base.clone());
             edit(&mut old, &mut new);
-            let got: Vec<(String, String)> =
-                validate_token_update(&old, &new).into_iter().map(|e| (e.field, e.message)).collect();
-            let want: Vec<(String, String)> = want.into_iter().map(|(f, m)| (f.into(), m.into())).collect();
+            let got: Vec<(String, String)> = validate_token_update(&old, &new)
+                .into_iter()
+                .map(|e| (e.field, e.message))
+                .collect();
+            let want: Vec<(String, String)> = want
+                .into_iter()
+                .map(|(f, m)| (f.into(), m.into()))
+                .collect();
             assert_eq!(got, want, "{case}");
         }
     }
@@ -999,8 +1217,13 @@ mod tests {
         let open = TokenPolicySpec {
             namespace_selector: Some(LabelSelector::default()),
             allowed_scopes: Some(vec![]),
-            exchange: Some(ExchangePolicy { max_ttl: None, audiences: Some(vec![]) }),
-            rotation: Some(RotationPolicy { warn_before: Some("0s".into()) }),
+            exchange: Some(ExchangePolicy {
+                max_ttl: None,
+                audiences: Some(vec![]),
+            }),
+            rotation: Some(RotationPolicy {
+                warn_before: Some("0s".into()),
+            }),
             expiration: Some(ExpirationPolicy {
                 required: false,
                 default: Some("90d".into()),
@@ -1015,8 +1238,11 @@ mod tests {
     fn rejects_invalid_policies_with_actionable_messages() {
         type Edit = fn(&mut TokenPolicySpec);
         fn expiration(s: &mut TokenPolicySpec, default: &str, max: &str) {
-            s.expiration =
-                Some(ExpirationPolicy { required: false, default: Some(default.into()), max: Some(max.into()) });
+            s.expiration = Some(ExpirationPolicy {
+                required: false,
+                default: Some(default.into()),
+                max: Some(max.into()),
+            });
         }
         let table: Vec<(&str, Edit, &str, &[&str])> = vec![
             (
@@ -1025,24 +1251,54 @@ mod tests {
                 "spec.expiration.default",
                 &["\"30 days\"", "e.g. 90d"],
             ),
-            ("bad max", |s| expiration(s, "30d", "3mo"), "spec.expiration.max", &["unknown unit \"mo\""]),
-            ("zero default", |s| expiration(s, "0d", "90d"), "spec.expiration.default", &["greater than zero"]),
-            ("zero max", |s| expiration(s, "1d", "0s"), "spec.expiration.max", &["greater than zero"]),
+            (
+                "bad max",
+                |s| expiration(s, "30d", "3mo"),
+                "spec.expiration.max",
+                &["unknown unit \"mo\""],
+            ),
+            (
+                "zero default",
+                |s| expiration(s, "0d", "90d"),
+                "spec.expiration.default",
+                &["greater than zero"],
+            ),
+            (
+                "zero max",
+                |s| expiration(s, "1d", "0s"),
+                "spec.expiration.max",
+                &["greater than zero"],
+            ),
             (
                 "default above max",
                 |s| expiration(s, "91d", "2160h"),
                 "spec.expiration.default",
                 &["91d", "90d", "lower spec.expiration.default"],
             ),
-            ("zero idle", |s| s.idle_timeout = Some("0m".into()), "spec.idleTimeout", &["greater than zero"]),
-            ("bad idle", |s| s.idle_timeout = Some("m".into()), "spec.idleTimeout", &["must start with a number"]),
+            (
+                "zero idle",
+                |s| s.idle_timeout = Some("0m".into()),
+                "spec.idleTimeout",
+                &["greater than zero"],
+            ),
+            (
+                "bad idle",
+                |s| s.idle_timeout = Some("m".into()),
+                "spec.idleTimeout",
+                &["must start with a number"],
+            ),
             (
                 "glob chars",
                 |s| s.allowed_scopes = Some(vec!["read:{pods,svc}".into()]),
                 "spec.allowedScopes[0]",
                 &["'{'", "','", "'}'", "* and ?"],
             ),
-            ("glob class", |s| s.allowed_scopes = Some(vec!["read:[ps]ods".into()]), "spec.allowedScopes[0]", &["'['"]),
+            (
+                "glob class",
+                |s| s.allowed_scopes = Some(vec!["read:[ps]ods".into()]),
+                "spec.allowedScopes[0]",
+                &["'['"],
+            ),
             (
                 "empty glob",
                 |s| s.allowed_scopes = Some(vec![String::new()]),
@@ -1063,7 +1319,12 @@ mod tests {
             ),
             (
                 "empty retention",
-                |s| s.secret = Some(SecretPolicy { allowed_retention: Some(vec![]), max_reveal_window: None }),
+                |s| {
+                    s.secret = Some(SecretPolicy {
+                        allowed_retention: Some(vec![]),
+                        max_reveal_window: None,
+                    })
+                },
                 "spec.secret.allowedRetention",
                 &["omit the field to allow both"],
             ),
@@ -1080,34 +1341,56 @@ mod tests {
             ),
             (
                 "zero reveal",
-                |s| s.secret = Some(SecretPolicy { allowed_retention: None, max_reveal_window: Some("0s".into()) }),
+                |s| {
+                    s.secret = Some(SecretPolicy {
+                        allowed_retention: None,
+                        max_reveal_window: Some("0s".into()),
+                    })
+                },
                 "spec.secret.maxRevealWindow",
                 &["greater than zero"],
             ),
             (
                 "zero maxTTL",
-                |s| s.exchange = Some(ExchangePolicy { max_ttl: Some("0s".into()), audiences: None }),
+                |s| {
+                    s.exchange = Some(ExchangePolicy {
+                        max_ttl: Some("0s".into()),
+                        audiences: None,
+                    })
+                },
                 "spec.exchange.maxTTL",
                 &["greater than zero", "1h default"],
             ),
             (
                 "bad maxTTL",
-                |s| s.exchange = Some(ExchangePolicy { max_ttl: Some("1h30".into()), audiences: None }),
+                |s| {
+                    s.exchange = Some(ExchangePolicy {
+                        max_ttl: Some("1h30".into()),
+                        audiences: None,
+                    })
+                },
                 "spec.exchange.maxTTL",
                 &["no unit after 30"],
             ),
             (
                 "empty audience",
                 |s| {
-                    s.exchange =
-                        Some(ExchangePolicy { max_ttl: None, audiences: Some(vec!["a".into(), String::new()]) })
+                    s.exchange = Some(ExchangePolicy {
+                        max_ttl: None,
+                        audiences: Some(vec!["a".into(), String::new()]),
+                    })
                 },
                 "spec.exchange.audiences[1]",
                 &["must not be empty"],
             ),
             (
                 "duplicate audience",
-                |s| s.exchange = Some(ExchangePolicy { max_ttl: None, audiences: Some(vec!["a".into(), "a".into()]) }),
+                |s| {
+                    s.exchange = Some(ExchangePolicy {
+                        max_ttl: None,
+                        audiences: Some(vec!["a".into(), "a".into()]),
+                    })
+                },
                 "spec.exchange.audiences[1]",
                 &["duplicate audience"],
             ),
@@ -1124,7 +1407,11 @@ mod tests {
             ),
             (
                 "bad warnBefore",
-                |s| s.rotation = Some(RotationPolicy { warn_before: Some("1w".into()) }),
+                |s| {
+                    s.rotation = Some(RotationPolicy {
+                        warn_before: Some("1w".into()),
+                    })
+                },
                 "spec.rotation.warnBefore",
                 &["unknown unit \"w\""],
             ),
@@ -1143,7 +1430,10 @@ mod tests {
     }
 
     fn selector(requirement: LabelSelectorRequirement) -> LabelSelector {
-        LabelSelector { match_labels: None, match_expressions: Some(vec![requirement]) }
+        LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![requirement]),
+        }
     }
 
     #[test]
@@ -1156,21 +1446,53 @@ mod tests {
             requirement("kubernetes.io/metadata.name", "In", Some(&["kube-system"])),
         ];
         for r in ok {
-            assert_eq!(validate_label_selector("s", &selector(r.clone())), vec![], "{r:?}");
+            assert_eq!(
+                validate_label_selector("s", &selector(r.clone())),
+                vec![],
+                "{r:?}"
+            );
         }
         let bad: [(LabelSelectorRequirement, &str, &str); 9] = [
-            (requirement("team", "In", None), "s.matchExpressions[0].values", "In needs at least one value"),
-            (requirement("team", "NotIn", Some(&[])), "s.matchExpressions[0].values", "NotIn needs at least one value"),
-            (requirement("team", "Exists", Some(&["a"])), "s.matchExpressions[0].values", "Exists takes no values"),
+            (
+                requirement("team", "In", None),
+                "s.matchExpressions[0].values",
+                "In needs at least one value",
+            ),
+            (
+                requirement("team", "NotIn", Some(&[])),
+                "s.matchExpressions[0].values",
+                "NotIn needs at least one value",
+            ),
+            (
+                requirement("team", "Exists", Some(&["a"])),
+                "s.matchExpressions[0].values",
+                "Exists takes no values",
+            ),
             (
                 requirement("team", "DoesNotExist", Some(&["a"])),
                 "s.matchExpressions[0].values",
                 "DoesNotExist takes no values",
             ),
-            (requirement("team", "in", Some(&["a"])), "s.matchExpressions[0].operator", "unknown operator \"in\""),
-            (requirement("team", "", None), "s.matchExpressions[0].operator", "unknown operator \"\""),
-            (requirement("", "Exists", None), "s.matchExpressions[0].key", "not a valid label key"),
-            (requirement("Bad_Prefix/x", "Exists", None), "s.matchExpressions[0].key", "not a valid label key"),
+            (
+                requirement("team", "in", Some(&["a"])),
+                "s.matchExpressions[0].operator",
+                "unknown operator \"in\"",
+            ),
+            (
+                requirement("team", "", None),
+                "s.matchExpressions[0].operator",
+                "unknown operator \"\"",
+            ),
+            (
+                requirement("", "Exists", None),
+                "s.matchExpressions[0].key",
+                "not a valid label key",
+            ),
+            (
+                requirement("Bad_Prefix/x", "Exists", None),
+                "s.matchExpressions[0].key",
+                "not a valid label key",
+            ),
             (
                 requirement("team", "In", Some(&["no spaces"])),
                 "s.matchExpressions[0].values[0]",
@@ -1178,10 +1500,18 @@ mod tests {
             ),
         ];
         for (r, field, needle) in bad {
-            assert_one(&validate_label_selector("s", &selector(r.clone())), field, &[needle], &format!("{r:?}"));
+            assert_one(
+                &validate_label_selector("s", &selector(r.clone())),
+                field,
+                &[needle],
+                &format!("{r:?}"),
+            );
         }
         let labels = LabelSelector {
-            match_labels: Some(BTreeMap::from([("a/b/c".into(), "x".into()), ("ok".into(), "-bad".into())])),
+            match_labels: Some(BTreeMap::from([
+                ("a/b/c".into(), "x".into()),
+                ("ok".into(), "-bad".into()),
+            ])),
             match_expressions: None,
         };
         let errs = validate_label_selector("s", &labels);
@@ -1192,8 +1522,14 @@ mod tests {
 
     #[test]
     fn field_error_display() {
-        assert_eq!(FieldError::new("spec.x", "must be set").to_string(), "spec.x: must be set");
-        assert_eq!(FieldError::new("spec.owner", OWNER_IMMUTABLE).to_string(), OWNER_IMMUTABLE);
+        assert_eq!(
+            FieldError::new("spec.x", "must be set").to_string(),
+            "spec.x: must be set"
+        );
+        assert_eq!(
+            FieldError::new("spec.owner", OWNER_IMMUTABLE).to_string(),
+            OWNER_IMMUTABLE
+        );
         assert_eq!(
             FieldError::new("spec.expiration", EXPIRATION_ONE_OF).to_string(),
             format!("spec.expiration: {EXPIRATION_ONE_OF}")
@@ -1206,8 +1542,16 @@ mod tests {
     fn mirrors_the_generated_crd() {
         let pat = serde_json::to_value(PersonalAccessToken::crd()).expect("crd json");
         let text = pat.to_string();
-        for message in [OWNER_IMMUTABLE, REVOKED_IS_FINAL, SECRET_NAME_IMMUTABLE, EXPIRATION_ONE_OF] {
-            assert!(text.contains(&serde_json::to_string(message).expect("json")), "CRD lacks {message:?}");
+        for message in [
+            OWNER_IMMUTABLE,
+            REVOKED_IS_FINAL,
+            SECRET_NAME_IMMUTABLE,
+            EXPIRATION_ONE_OF,
+        ] {
+            assert!(
+                text.contains(&serde_json::to_string(message).expect("json")),
+                "CRD lacks {message:?}"
+            );
         }
         let spec = &pat["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let tp = serde_json::to_value(TokenPolicy::crd()).expect("crd json");
@@ -1228,7 +1572,11 @@ mod tests {
             (spec, "owner.groups.maxItems", MAX_OWNER_GROUPS),
             (spec, "owner.groups.[].maxLength", MAX_SUBJECT_LEN),
             (spec, "secret.name.maxLength", MAX_SECRET_NAME_LEN),
-            (spec, "rotation.requestedAt.maxLength", MAX_ROTATION_REQUEST_LEN),
+            (
+                spec,
+                "rotation.requestedAt.maxLength",
+                MAX_ROTATION_REQUEST_LEN,
+            ),
             (spec, "exchange.audiences.maxItems", MAX_TOKEN_AUDIENCES),
             (spec, "exchange.audiences.[].maxLength", MAX_SUBJECT_LEN),
             (spec, "exchange.allowedActors.maxItems", MAX_TOKEN_ACTORS),
@@ -1295,7 +1643,10 @@ mod tests {
             let ok = check_dns1123_subdomain(name, 253).is_ok();
             assert_eq!(ok, want, "{name:?}");
             if ok {
-                assert!(re.is_match(name), "{name:?} accepted here but not by the schema");
+                assert!(
+                    re.is_match(name),
+                    "{name:?} accepted here but not by the schema"
+                );
             }
         }
     }

@@ -29,7 +29,10 @@ use patrol_api::time::{from_k8s, to_k8s};
 use patrol_api::{
     policy::{EffectivePolicy, ResolvedToken},
     record::{ExchangeGrant, PatReference, TokenRecord},
-    v1alpha1::{Phase, PersonalAccessToken, PersonalAccessTokenStatus, PreviousToken, Retention, SecretReference},
+    v1alpha1::{
+        PersonalAccessToken, PersonalAccessTokenStatus, Phase, PreviousToken, Retention,
+        SecretReference,
+    },
     validation,
 };
 
@@ -117,7 +120,12 @@ pub const POLICY_COMPLIANT: &str = "PolicyCompliant";
 /// The rotation request as one string: the spec field and the annotation together, so
 /// either one changing triggers a rotation.
 pub fn rotation_request(pat: &PersonalAccessToken) -> String {
-    let spec = pat.spec.rotation.as_ref().and_then(|r| r.requested_at.as_deref()).unwrap_or("");
+    let spec = pat
+        .spec
+        .rotation
+        .as_ref()
+        .and_then(|r| r.requested_at.as_deref())
+        .unwrap_or("");
     let annotation = pat
         .metadata
         .annotations
@@ -160,17 +168,32 @@ pub fn new_record(
 }
 
 /// Sets the claims a record derives from spec and policy (everything but identity and hash).
-fn apply_claims(record: &mut TokenRecord, pat: &PersonalAccessToken, policy: &EffectivePolicy, resolved: &ResolvedToken) {
+fn apply_claims(
+    record: &mut TokenRecord,
+    pat: &PersonalAccessToken,
+    policy: &EffectivePolicy,
+    resolved: &ResolvedToken,
+) {
     record.owner = pat.spec.owner.clone().unwrap_or_default();
     record.scopes = resolved.granted_scopes.clone();
     record.expires_at = resolved.expires_at;
     record.idle_timeout_seconds = resolved.idle_timeout.map(|d| d.as_secs());
-    let spec_audiences = pat.spec.exchange.as_ref().map(|e| e.audiences.clone()).unwrap_or_default();
+    let spec_audiences = pat
+        .spec
+        .exchange
+        .as_ref()
+        .map(|e| e.audiences.clone())
+        .unwrap_or_default();
     let audiences = match (policy_audiences(policy), spec_audiences.is_empty()) {
         (None, true) => None,
         (None, false) => Some(spec_audiences),
         (Some(allowed), true) => Some(allowed),
-        (Some(allowed), false) => Some(spec_audiences.into_iter().filter(|a| allowed.contains(a)).collect()),
+        (Some(allowed), false) => Some(
+            spec_audiences
+                .into_iter()
+                .filter(|a| allowed.contains(a))
+                .collect(),
+        ),
     };
     let default_audience = match &audiences {
         Some(list) => policy
@@ -183,7 +206,12 @@ fn apply_claims(record: &mut TokenRecord, pat: &PersonalAccessToken, policy: &Ef
     record.exchange = ExchangeGrant {
         audiences,
         default_audience,
-        allowed_actors: pat.spec.exchange.as_ref().map(|e| e.allowed_actors.clone()).unwrap_or_default(),
+        allowed_actors: pat
+            .spec
+            .exchange
+            .as_ref()
+            .map(|e| e.allowed_actors.clone())
+            .unwrap_or_default(),
         max_ttl_seconds: resolved.exchange_max_ttl.as_secs(),
     };
 }
@@ -228,20 +256,48 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             out.actions.push(Action::DeleteSecret);
         }
         if old.phase != Some(Phase::Revoked) {
-            out.notes.push(note("Revoked", "token revoked; it no longer authenticates".into(), false));
+            out.notes.push(note(
+                "Revoked",
+                "token revoked; it no longer authenticates".into(),
+                false,
+            ));
         }
-        return finish(out, &old, Phase::Revoked, "Revoked", "The token was revoked (spec.revoked) and no longer authenticates.".into(), now);
+        return finish(
+            out,
+            &old,
+            Phase::Revoked,
+            "Revoked",
+            "The token was revoked (spec.revoked) and no longer authenticates.".into(),
+            now,
+        );
     }
 
     // An invalid spec (possible only if admission was bypassed) is reported, not acted on.
-    let errors = validation::validate_token(pat.metadata.name.as_deref().unwrap_or_default(), &pat.spec);
+    let errors =
+        validation::validate_token(pat.metadata.name.as_deref().unwrap_or_default(), &pat.spec);
     if !errors.is_empty() {
-        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
         out.status.token_id = old.token_id.clone();
-        return finish(out, &old, Phase::Failed, "InvalidSpec", format!("Fix the spec: {message}"), now);
+        return finish(
+            out,
+            &old,
+            Phase::Failed,
+            "InvalidSpec",
+            format!("Fix the spec: {message}"),
+            now,
+        );
     }
     // A token must belong to someone: never issue one for an empty username.
-    if pat.spec.owner.as_ref().is_none_or(|o| o.username.is_empty()) {
+    if pat
+        .spec
+        .owner
+        .as_ref()
+        .is_none_or(|o| o.username.is_empty())
+    {
         out.status.token_id = old.token_id.clone();
         return finish(
             out,
@@ -254,18 +310,24 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     }
 
     // Which token is current: the one the Secret delivered (newest), else the one in status.
-    let delivered = owned_secret.and_then(|s| s.token_id.as_deref()).and_then(record);
+    let delivered = owned_secret
+        .and_then(|s| s.token_id.as_deref())
+        .and_then(record);
     let from_status = old.token_id.as_deref().and_then(record);
     let current = delivered.or(from_status);
     let previous_id = match (delivered, from_status) {
         (Some(d), Some(s)) if d.token_id != s.token_id => Some(s.token_id.clone()),
         _ => old.previous.as_ref().map(|p| p.token_id.clone()),
     };
-    let previous = previous_id.as_deref().and_then(record).filter(|p| Some(p.token_id.as_str()) != current.map(|c| c.token_id.as_str()));
+    let previous = previous_id
+        .as_deref()
+        .and_then(record)
+        .filter(|p| Some(p.token_id.as_str()) != current.map(|c| c.token_id.as_str()));
 
     // Orphans: records neither current nor previous (e.g. a crash before delivery).
     for r in o.records {
-        let keep = Some(&r.token_id) == current.map(|c| &c.token_id) || Some(&r.token_id) == previous.map(|p| &p.token_id);
+        let keep = Some(&r.token_id) == current.map(|c| &c.token_id)
+            || Some(&r.token_id) == previous.map(|p| &p.token_id);
         if !keep {
             out.actions.push(Action::DeleteRecord(r.token_id.clone()));
         }
@@ -282,13 +344,18 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             &old,
             Phase::Failed,
             "SecretConflict",
-            format!("Secret {name} exists and was not created by Patrol for this token; delete it or set spec.secret.name to another name"),
+            format!(
+                "Secret {name} exists and was not created by Patrol for this token; delete it or set spec.secret.name to another name"
+            ),
             now,
         );
     }
 
     let request = rotation_request(pat);
-    let rotation_requested = old.last_rotation_request.as_deref().is_some_and(|last| last != request);
+    let rotation_requested = old
+        .last_rotation_request
+        .as_deref()
+        .is_some_and(|last| last != request);
 
     let Some(current) = current else {
         // No usable token. Terminal phases stay terminal unless a rotation renews them.
@@ -305,7 +372,9 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                 .conditions
                 .iter()
                 .find(|c| c.type_ == READY && c.status == "False")
-                .map_or(("Expired", expired_message(&old)), |c| (c.reason.as_str(), c.message.clone()));
+                .map_or(("Expired", expired_message(&old)), |c| {
+                    (c.reason.as_str(), c.message.clone())
+                });
             return finish(out, &old, Phase::Expired, reason, message, now);
         }
         let reason = if old.phase == Some(Phase::Expired) {
@@ -317,17 +386,35 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         };
         out.actions.push(Action::Issue(reason));
         out.status.phase = Some(Phase::Pending);
-        return finish(out, &old, Phase::Pending, "Issuing", "Issuing the token.".into(), now);
+        return finish(
+            out,
+            &old,
+            Phase::Pending,
+            "Issuing",
+            "Issuing the token.".into(),
+            now,
+        );
     };
 
     // Adopt the current token into status.
     out.status.token_id = Some(current.token_id.clone());
     out.status.hint = Some(current.hint.clone());
     out.status.issued_at = Some(to_k8s(current.issued_at));
-    out.status.last_rotation_request = current.rotation_request.clone().or(old.last_rotation_request.clone());
+    out.status.last_rotation_request = current
+        .rotation_request
+        .clone()
+        .or(old.last_rotation_request.clone());
     if delivered.is_some() && old.token_id.as_deref() != Some(&current.token_id) {
-        let what = if old.token_id.is_some() { "Rotated" } else { "Issued" };
-        out.notes.push(note(what, format!("token {} issued ({})", current.token_id, current.hint), false));
+        let what = if old.token_id.is_some() {
+            "Rotated"
+        } else {
+            "Issued"
+        };
+        out.notes.push(note(
+            what,
+            format!("token {} issued ({})", current.token_id, current.hint),
+            false,
+        ));
     }
 
     // Claims follow spec and policy (ttl edits, policy changes), computed from issue time.
@@ -337,8 +424,15 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     out.status.expires_at = desired.expires_at.map(to_k8s);
 
     // Expiry and idle timeout end the token.
-    let last_used = old.last_used_at.as_ref().map(from_k8s).unwrap_or(current.issued_at).max(current.issued_at);
-    let idle_deadline = desired.idle_timeout_seconds.map(|s| last_used + chrono::Duration::seconds(secs(s)));
+    let last_used = old
+        .last_used_at
+        .as_ref()
+        .map(from_k8s)
+        .unwrap_or(current.issued_at)
+        .max(current.issued_at);
+    let idle_deadline = desired
+        .idle_timeout_seconds
+        .map(|s| last_used + chrono::Duration::seconds(secs(s)));
     let expired = desired.expires_at.is_some_and(|at| at <= now);
     let idled = idle_deadline.is_some_and(|at| at <= now);
     if expired || idled {
@@ -347,81 +441,159 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             out.actions.push(Action::DeleteSecret);
         }
         let (reason, message) = if expired {
-            ("Expired", format!("The token expired at {}.", fmt_time(desired.expires_at)))
+            (
+                "Expired",
+                format!("The token expired at {}.", fmt_time(desired.expires_at)),
+            )
         } else {
-            ("IdleTimeout", format!("The token was unused since {} and passed the policy's idle timeout.", last_used.to_rfc3339()))
+            (
+                "IdleTimeout",
+                format!(
+                    "The token was unused since {} and passed the policy's idle timeout.",
+                    last_used.to_rfc3339()
+                ),
+            )
         };
         out.notes.push(note(reason, message.clone(), true));
         out.status.token_id = Some(current.token_id.clone());
-        return finish(out, &old, Phase::Expired, reason, format!("{message} Rotate it (spec.rotation.requestedAt) to issue a new one."), now);
+        return finish(
+            out,
+            &old,
+            Phase::Expired,
+            reason,
+            format!("{message} Rotate it (spec.rotation.requestedAt) to issue a new one."),
+            now,
+        );
     }
     if desired != *current {
-        out.actions.push(Action::UpdateRecord(Box::new(desired.clone())));
+        out.actions
+            .push(Action::UpdateRecord(Box::new(desired.clone())));
     }
 
     // The previous token, during its grace period.
-    let mut deadlines: Vec<DateTime<Utc>> = desired.expires_at.into_iter().chain(idle_deadline).collect();
+    let mut deadlines: Vec<DateTime<Utc>> = desired
+        .expires_at
+        .into_iter()
+        .chain(idle_deadline)
+        .collect();
     if let Some(prev) = previous {
-        let grace = pat.spec.rotation.as_ref().and_then(|r| r.grace_period.as_ref()).and_then(|g| g.to_chrono().ok()).unwrap_or_default();
-        let grace_end = (current.issued_at + grace).min(prev.expires_at.unwrap_or(DateTime::<Utc>::MAX_UTC));
+        let grace = pat
+            .spec
+            .rotation
+            .as_ref()
+            .and_then(|r| r.grace_period.as_ref())
+            .and_then(|g| g.to_chrono().ok())
+            .unwrap_or_default();
+        let grace_end =
+            (current.issued_at + grace).min(prev.expires_at.unwrap_or(DateTime::<Utc>::MAX_UTC));
         if grace_end <= now {
-            out.actions.push(Action::DeleteRecord(prev.token_id.clone()));
+            out.actions
+                .push(Action::DeleteRecord(prev.token_id.clone()));
         } else {
             if prev.expires_at != Some(grace_end) {
                 let mut ended = prev.clone();
                 ended.expires_at = Some(grace_end);
                 out.actions.push(Action::UpdateRecord(Box::new(ended)));
             }
-            out.status.previous = Some(PreviousToken { token_id: prev.token_id.clone(), valid_until: to_k8s(grace_end) });
+            out.status.previous = Some(PreviousToken {
+                token_id: prev.token_id.clone(),
+                valid_until: to_k8s(grace_end),
+            });
             deadlines.push(grace_end);
         }
     }
 
     // The delivered Secret: OneTime ones go after the reveal window or acknowledgement.
-    let retention = pat.spec.secret.as_ref().and_then(|s| s.retention).unwrap_or_default();
+    let retention = pat
+        .spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.retention)
+        .unwrap_or_default();
     let acknowledged = pat
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(ACKNOWLEDGED_ANNOTATION))
         .is_some_and(|v| *v == current.token_id);
-    let delivered_secret = owned_secret.filter(|s| s.token_id.as_deref() == Some(current.token_id.as_str()));
+    let delivered_secret =
+        owned_secret.filter(|s| s.token_id.as_deref() == Some(current.token_id.as_str()));
     let (delivered_status, delivered_reason, delivered_message) = match delivered_secret {
         Some(secret) if retention == Retention::OneTime => {
             let window = chrono::Duration::from_std(resolved.reveal_window).unwrap_or_default();
             let reveal_end = secret.delivered_at.unwrap_or(current.issued_at) + window;
             if acknowledged || reveal_end <= now {
                 out.actions.push(Action::DeleteSecret);
-                let why = if acknowledged { "acknowledged" } else { "reveal window ended" };
-                out.notes.push(note("SecretRemoved", format!("one-time Secret {} removed ({why})", secret_name(pat)), false));
-                ("False", "Revealed", format!("The one-time Secret was removed ({why}); the plaintext exists nowhere now."))
+                let why = if acknowledged {
+                    "acknowledged"
+                } else {
+                    "reveal window ended"
+                };
+                out.notes.push(note(
+                    "SecretRemoved",
+                    format!("one-time Secret {} removed ({why})", secret_name(pat)),
+                    false,
+                ));
+                (
+                    "False",
+                    "Revealed",
+                    format!(
+                        "The one-time Secret was removed ({why}); the plaintext exists nowhere now."
+                    ),
+                )
             } else {
                 deadlines.push(reveal_end);
-                out.status.secret_ref = Some(SecretReference { name: secret_name(pat) });
+                out.status.secret_ref = Some(SecretReference {
+                    name: secret_name(pat),
+                });
                 (
                     "True",
                     "SecretAvailable",
-                    format!("Read the token from Secret {} before {}; it is then deleted.", secret_name(pat), reveal_end.to_rfc3339()),
+                    format!(
+                        "Read the token from Secret {} before {}; it is then deleted.",
+                        secret_name(pat),
+                        reveal_end.to_rfc3339()
+                    ),
                 )
             }
         }
         Some(_) => {
-            out.status.secret_ref = Some(SecretReference { name: secret_name(pat) });
-            ("True", "SecretAvailable", format!("The token is in Secret {} (Persistent).", secret_name(pat)))
+            out.status.secret_ref = Some(SecretReference {
+                name: secret_name(pat),
+            });
+            (
+                "True",
+                "SecretAvailable",
+                format!("The token is in Secret {} (Persistent).", secret_name(pat)),
+            )
         }
         None if retention == Retention::Persistent => {
             // A Persistent Secret someone deleted cannot be re-created without the plaintext;
             // a new token replaces it (the old record goes once the new one is delivered).
             out.actions.push(Action::Issue(IssueReason::Replacement));
-            ("False", "SecretMissing", "The Persistent Secret was deleted; issuing a replacement token.".to_owned())
+            (
+                "False",
+                "SecretMissing",
+                "The Persistent Secret was deleted; issuing a replacement token.".to_owned(),
+            )
         }
-        None => ("False", "Revealed", "The one-time Secret was removed; the plaintext exists nowhere now.".to_owned()),
+        None => (
+            "False",
+            "Revealed",
+            "The one-time Secret was removed; the plaintext exists nowhere now.".to_owned(),
+        ),
     };
 
     // Scheduled or requested rotation.
-    let every = pat.spec.rotation.as_ref().and_then(|r| r.every.as_ref()).and_then(|e| e.to_chrono().ok());
+    let every = pat
+        .spec
+        .rotation
+        .as_ref()
+        .and_then(|r| r.every.as_ref())
+        .and_then(|e| e.to_chrono().ok());
     let scheduled = every.map(|e| current.issued_at + e);
-    let rotation_due = rotation_requested && current.rotation_request.as_deref() != Some(request.as_str())
+    let rotation_due = rotation_requested
+        && current.rotation_request.as_deref() != Some(request.as_str())
         || scheduled.is_some_and(|at| at <= now);
     if rotation_due && !out.actions.iter().any(|a| matches!(a, Action::Issue(_))) {
         out.actions.push(Action::Issue(IssueReason::Rotation));
@@ -429,7 +601,9 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     deadlines.extend(scheduled.filter(|at| *at > now));
 
     // Conditions.
-    let warn_before = resolved.warn_before.and_then(|d| chrono::Duration::from_std(d).ok());
+    let warn_before = resolved
+        .warn_before
+        .and_then(|d| chrono::Duration::from_std(d).ok());
     let expiring = match (desired.expires_at, warn_before) {
         (Some(at), Some(warn)) => {
             let from = at - warn;
@@ -444,15 +618,39 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     };
     let mut conditions = Vec::new();
     let expiring_message = if expiring {
-        format!("The token expires at {}; rotate it before then.", fmt_time(desired.expires_at))
+        format!(
+            "The token expires at {}; rotate it before then.",
+            fmt_time(desired.expires_at)
+        )
     } else {
         "The token is not close to expiring.".to_owned()
     };
     if expiring && !has_condition(&old, EXPIRING_SOON, "True") {
-        out.notes.push(note("ExpiringSoon", expiring_message.clone(), true));
+        out.notes
+            .push(note("ExpiringSoon", expiring_message.clone(), true));
     }
-    conditions.push(condition(&old, EXPIRING_SOON, expiring, if expiring { "WithinWarningPeriod" } else { "NotExpiring" }, expiring_message, pat, now));
-    conditions.push(condition(&old, DELIVERED, delivered_status == "True", delivered_reason, delivered_message, pat, now));
+    conditions.push(condition(
+        &old,
+        EXPIRING_SOON,
+        expiring,
+        if expiring {
+            "WithinWarningPeriod"
+        } else {
+            "NotExpiring"
+        },
+        expiring_message,
+        pat,
+        now,
+    ));
+    conditions.push(condition(
+        &old,
+        DELIVERED,
+        delivered_status == "True",
+        delivered_reason,
+        delivered_message,
+        pat,
+        now,
+    ));
     let compliant = resolved.non_compliance.is_empty();
     let compliance_message = if compliant {
         if o.policy.policies.is_empty() {
@@ -461,23 +659,60 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             format!("Complies with {}.", o.policy.policies.join(", "))
         }
     } else {
-        resolved.non_compliance.iter().map(|v| v.message.clone()).collect::<Vec<_>>().join("; ")
+        resolved
+            .non_compliance
+            .iter()
+            .map(|v| v.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
     };
     if !compliant && !has_condition(&old, POLICY_COMPLIANT, "False") {
-        out.notes.push(note("PolicyViolation", compliance_message.clone(), true));
+        out.notes
+            .push(note("PolicyViolation", compliance_message.clone(), true));
     }
-    conditions.push(condition(&old, POLICY_COMPLIANT, compliant, if compliant { "Compliant" } else { "Clamped" }, compliance_message, pat, now));
-    conditions.push(condition(&old, READY, true, "TokenActive", "The token authenticates.".into(), pat, now));
+    conditions.push(condition(
+        &old,
+        POLICY_COMPLIANT,
+        compliant,
+        if compliant { "Compliant" } else { "Clamped" },
+        compliance_message,
+        pat,
+        now,
+    ));
+    conditions.push(condition(
+        &old,
+        READY,
+        true,
+        "TokenActive",
+        "The token authenticates.".into(),
+        pat,
+        now,
+    ));
     out.status.conditions = conditions;
     out.status.phase = Some(Phase::Active);
-    out.requeue_after = deadlines.into_iter().filter(|d| *d > now).min().map(|d| until(now, d));
+    out.requeue_after = deadlines
+        .into_iter()
+        .filter(|d| *d > now)
+        .min()
+        .map(|d| until(now, d));
     out
 }
 
 /// Completes a plan for a phase without an active token.
-fn finish(mut out: Plan, old: &PersonalAccessTokenStatus, phase: Phase, reason: &str, message: String, now: DateTime<Utc>) -> Plan {
+fn finish(
+    mut out: Plan,
+    old: &PersonalAccessTokenStatus,
+    phase: Phase,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> Plan {
     out.status.phase = Some(phase);
-    out.status.hint = if out.status.token_id.is_some() { old.hint.clone() } else { None };
+    out.status.hint = if out.status.token_id.is_some() {
+        old.hint.clone()
+    } else {
+        None
+    };
     let generation = out.status.observed_generation;
     let mk = |type_: &str, ok: bool, reason: &str, message: String| Condition {
         type_: type_.to_owned(),
@@ -516,7 +751,12 @@ fn condition(
 }
 
 /// Keeps a condition's transition time while its status is unchanged.
-fn transition_time(old: &PersonalAccessTokenStatus, type_: &str, status: &str, now: DateTime<Utc>) -> Time {
+fn transition_time(
+    old: &PersonalAccessTokenStatus,
+    type_: &str,
+    status: &str,
+    now: DateTime<Utc>,
+) -> Time {
     old.conditions
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -525,17 +765,26 @@ fn transition_time(old: &PersonalAccessTokenStatus, type_: &str, status: &str, n
 }
 
 fn has_condition(old: &PersonalAccessTokenStatus, type_: &str, status: &str) -> bool {
-    old.conditions.iter().any(|c| c.type_ == type_ && c.status == status)
+    old.conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == status)
 }
 
 fn note(reason: &'static str, message: String, warning: bool) -> Note {
-    Note { reason, message, warning }
+    Note {
+        reason,
+        message,
+        warning,
+    }
 }
 
 fn expired_message(old: &PersonalAccessTokenStatus) -> String {
     format!(
         "The token expired{}. Rotate it (spec.rotation.requestedAt) to issue a new one.",
-        old.expires_at.as_ref().map(|t| format!(" at {}", from_k8s(t).to_rfc3339())).unwrap_or_default()
+        old.expires_at
+            .as_ref()
+            .map(|t| format!(" at {}", from_k8s(t).to_rfc3339()))
+            .unwrap_or_default()
     )
 }
 
@@ -548,7 +797,10 @@ fn secs(s: u64) -> i64 {
 }
 
 fn until(now: DateTime<Utc>, at: DateTime<Utc>) -> Duration {
-    (at - now).to_std().unwrap_or_default().max(Duration::from_millis(100))
+    (at - now)
+        .to_std()
+        .unwrap_or_default()
+        .max(Duration::from_millis(100))
 }
 
 /// Name of the Secret receiving the plaintext.
@@ -569,7 +821,9 @@ mod tests {
 
     use patrol_api::{
         policy::PolicySet,
-        v1alpha1::{Expiration, PersonalAccessTokenSpec, Rotation, SecretDelivery, TokenOwner, TokenPolicy},
+        v1alpha1::{
+            Expiration, PersonalAccessTokenSpec, Rotation, SecretDelivery, TokenOwner, TokenPolicy,
+        },
     };
     use serde_json::json;
 
@@ -610,7 +864,11 @@ mod tests {
                 "laptop",
                 PersonalAccessTokenSpec {
                     display_name: "laptop kubectl".into(),
-                    owner: Some(TokenOwner { username: "alice".into(), uid: Some("u-1".into()), groups: vec!["dev".into()] }),
+                    owner: Some(TokenOwner {
+                        username: "alice".into(),
+                        uid: Some("u-1".into()),
+                        groups: vec!["dev".into()],
+                    }),
                     ..PersonalAccessTokenSpec::default()
                 },
             );
@@ -631,12 +889,19 @@ mod tests {
         }
 
         fn annotated(mut self, key: &str, value: &str) -> Self {
-            self.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(key.into(), value.into());
+            self.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key.into(), value.into());
             self
         }
 
         fn persistent(self) -> Self {
-            self.with_spec(|s| s.secret.get_or_insert_with(SecretDelivery::default).retention = Some(Retention::Persistent))
+            self.with_spec(|s| {
+                s.secret
+                    .get_or_insert_with(SecretDelivery::default)
+                    .retention = Some(Retention::Persistent)
+            })
         }
 
         fn rotation(self, edit: impl FnOnce(&mut Rotation)) -> Self {
@@ -645,8 +910,20 @@ mod tests {
     }
 
     /// The record the reconciler writes when it issues `id` for `pat` at `at`.
-    fn issued(pat: &PersonalAccessToken, policy: &EffectivePolicy, id: &str, at: DateTime<Utc>) -> TokenRecord {
-        new_record(pat, policy, id.into(), format!("$argon2id$v=19$m=64,t=1,p=1$c2FsdA${id}"), format!("patrol_{id}_…wxyz"), at)
+    fn issued(
+        pat: &PersonalAccessToken,
+        policy: &EffectivePolicy,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> TokenRecord {
+        new_record(
+            pat,
+            policy,
+            id.into(),
+            format!("$argon2id$v=19$m=64,t=1,p=1$c2FsdA${id}"),
+            format!("patrol_{id}_…wxyz"),
+            at,
+        )
     }
 
     /// The status written once `record` was adopted.
@@ -664,15 +941,27 @@ mod tests {
     }
 
     fn pending() -> PersonalAccessTokenStatus {
-        PersonalAccessTokenStatus { phase: Some(Phase::Pending), observed_generation: Some(1), ..PersonalAccessTokenStatus::default() }
+        PersonalAccessTokenStatus {
+            phase: Some(Phase::Pending),
+            observed_generation: Some(1),
+            ..PersonalAccessTokenStatus::default()
+        }
     }
 
     fn delivered(id: &str, at: DateTime<Utc>) -> DeliveredSecret {
-        DeliveredSecret { owned: true, token_id: Some(id.into()), delivered_at: Some(at) }
+        DeliveredSecret {
+            owned: true,
+            token_id: Some(id.into()),
+            delivered_at: Some(at),
+        }
     }
 
     fn foreign() -> DeliveredSecret {
-        DeliveredSecret { owned: false, token_id: None, delivered_at: None }
+        DeliveredSecret {
+            owned: false,
+            token_id: None,
+            delivered_at: None,
+        }
     }
 
     fn no_policy() -> EffectivePolicy {
@@ -688,7 +977,10 @@ mod tests {
             "spec": spec,
         }))
         .expect("policy");
-        let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), "team-a".to_owned())]);
+        let labels = BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_owned(),
+            "team-a".to_owned(),
+        )]);
         let effective = PolicySet::new([policy]).effective_for(&labels);
         assert_eq!(effective.policies, ["baseline"], "policy applies");
         effective
@@ -704,7 +996,13 @@ mod tests {
 
     impl Case {
         fn new(pat: &PersonalAccessToken) -> Self {
-            Self { pat: pat.clone(), records: Vec::new(), secret: None, policy: no_policy(), now: now() }
+            Self {
+                pat: pat.clone(),
+                records: Vec::new(),
+                secret: None,
+                policy: no_policy(),
+                now: now(),
+            }
         }
 
         fn records<const N: usize>(mut self, records: [&TokenRecord; N]) -> Self {
@@ -728,7 +1026,13 @@ mod tests {
         }
 
         fn plan(&self) -> Plan {
-            plan(&Observed { pat: &self.pat, records: &self.records, secret: self.secret.as_ref(), policy: &self.policy, now: self.now })
+            plan(&Observed {
+                pat: &self.pat,
+                records: &self.records,
+                secret: self.secret.as_ref(),
+                policy: &self.policy,
+                now: self.now,
+            })
         }
     }
 
@@ -749,14 +1053,28 @@ mod tests {
         fn check(&self, case: &str, plan: &Plan) {
             assert_eq!(plan.actions, self.actions, "{case}: actions");
             assert_eq!(plan.status.phase, Some(self.phase), "{case}: phase");
-            let conditions: Vec<(&str, &str, &str)> =
-                plan.status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+            let conditions: Vec<(&str, &str, &str)> = plan
+                .status
+                .conditions
+                .iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+                .collect();
             assert_eq!(conditions, self.conditions, "{case}: conditions");
             assert_eq!(plan.requeue_after, self.requeue, "{case}: requeue_after");
-            let notes: Vec<(&str, bool)> = plan.notes.iter().map(|n| (n.reason, n.warning)).collect();
+            let notes: Vec<(&str, bool)> =
+                plan.notes.iter().map(|n| (n.reason, n.warning)).collect();
             assert_eq!(notes, self.notes, "{case}: notes");
-            assert_eq!(plan.status.last_used_at, None, "{case}: lastUsedAt is the webhook's");
-            assert!(plan.status.conditions.iter().all(|c| c.observed_generation == Some(1)), "{case}: observedGeneration");
+            assert_eq!(
+                plan.status.last_used_at, None,
+                "{case}: lastUsedAt is the webhook's"
+            );
+            assert!(
+                plan.status
+                    .conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(1)),
+                "{case}: observedGeneration"
+            );
         }
     }
 
@@ -775,17 +1093,28 @@ mod tests {
     }
 
     fn condition<'p>(plan: &'p Plan, type_: &str) -> &'p Condition {
-        plan.status.conditions.iter().find(|c| c.type_ == type_).expect("condition present")
+        plan.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present")
     }
 
     #[test]
     fn secret_name_and_rotation_request() {
         let pat = PersonalAccessToken::test();
         assert_eq!(secret_name(&pat), "laptop-token");
-        let named = pat.clone().with_spec(|s| s.secret = Some(SecretDelivery { name: Some("ci-pat".into()), ..SecretDelivery::default() }));
+        let named = pat.clone().with_spec(|s| {
+            s.secret = Some(SecretDelivery {
+                name: Some("ci-pat".into()),
+                ..SecretDelivery::default()
+            })
+        });
         assert_eq!(secret_name(&named), "ci-pat");
         assert_eq!(rotation_request(&pat), "spec=;annotation=");
-        let both = pat.rotation(|r| r.requested_at = Some("r1".into())).annotated(ROTATE_ANNOTATION, "x");
+        let both = pat
+            .rotation(|r| r.requested_at = Some("r1".into()))
+            .annotated(ROTATE_ANNOTATION, "x");
         assert_eq!(rotation_request(&both), "spec=r1;annotation=x");
     }
 
@@ -793,18 +1122,30 @@ mod tests {
 
     #[test]
     fn revoked_ends_every_record_and_the_owned_secret() {
-        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.grace_period = Some("1d".into()));
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .rotation(|r| r.grace_period = Some("1d".into()));
         let a = issued(&pat, &no_policy(), A, ago(2 * DAY));
         let b = issued(&pat, &no_policy(), B, ago(HOUR));
         let status = PersonalAccessTokenStatus {
-            previous: Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(ago(-HOUR)) }),
+            previous: Some(PreviousToken {
+                token_id: A.into(),
+                valid_until: to_k8s(ago(-HOUR)),
+            }),
             ..status_for(&b)
         };
         let revoked = pat.with_spec(|s| s.revoked = true).with_status(status);
 
-        let plan = Case::new(&revoked).records([&a, &b]).secret(delivered(B, ago(HOUR))).plan();
+        let plan = Case::new(&revoked)
+            .records([&a, &b])
+            .secret(delivered(B, ago(HOUR)))
+            .plan();
         Expect {
-            actions: vec![Action::DeleteRecord(A.into()), Action::DeleteRecord(B.into()), Action::DeleteSecret],
+            actions: vec![
+                Action::DeleteRecord(A.into()),
+                Action::DeleteRecord(B.into()),
+                Action::DeleteSecret,
+            ],
             phase: Phase::Revoked,
             conditions: ready_false("Revoked"),
             requeue: None,
@@ -830,8 +1171,14 @@ mod tests {
         let first = Case::new(&revoked).at(ago(MIN)).plan();
         let again = revoked.clone().with_status(first.status.clone());
         let plan = Case::new(&again).plan();
-        Expect { actions: vec![], phase: Phase::Revoked, conditions: ready_false("Revoked"), requeue: None, notes: vec![] }
-            .check("already revoked", &plan);
+        Expect {
+            actions: vec![],
+            phase: Phase::Revoked,
+            conditions: ready_false("Revoked"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("already revoked", &plan);
         assert_eq!(plan.status, first.status, "status is stable");
     }
 
@@ -841,9 +1188,19 @@ mod tests {
     fn missing_owner_is_never_issued_a_token() {
         let pat = PersonalAccessToken::test().with_spec(|s| s.owner = None);
         let plan = Case::new(&pat).plan();
-        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("OwnerMissing"), requeue: None, notes: vec![] }
-            .check("no owner", &plan);
-        assert!(condition(&plan, READY).message.contains("spec.owner"), "{}", condition(&plan, READY).message);
+        Expect {
+            actions: vec![],
+            phase: Phase::Failed,
+            conditions: ready_false("OwnerMissing"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("no owner", &plan);
+        assert!(
+            condition(&plan, READY).message.contains("spec.owner"),
+            "{}",
+            condition(&plan, READY).message
+        );
     }
 
     #[test]
@@ -851,13 +1208,34 @@ mod tests {
         let pat = PersonalAccessToken::test().persistent();
         let a = issued(&pat, &no_policy(), A, ago(DAY));
         let orphan = issued(&pat, &no_policy(), X, ago(MIN));
-        let invalid = pat.with_spec(|s| s.display_name = String::new()).with_status(status_for(&a));
+        let invalid = pat
+            .with_spec(|s| s.display_name = String::new())
+            .with_status(status_for(&a));
 
-        let plan = Case::new(&invalid).records([&a, &orphan]).secret(delivered(A, ago(DAY))).plan();
-        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("InvalidSpec"), requeue: None, notes: vec![] }
-            .check("invalid spec", &plan);
-        assert!(condition(&plan, READY).message.starts_with("Fix the spec: spec.displayName"), "{}", condition(&plan, READY).message);
-        assert_eq!(plan.status.token_id.as_deref(), Some(A), "the current token stays known");
+        let plan = Case::new(&invalid)
+            .records([&a, &orphan])
+            .secret(delivered(A, ago(DAY)))
+            .plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Failed,
+            conditions: ready_false("InvalidSpec"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("invalid spec", &plan);
+        assert!(
+            condition(&plan, READY)
+                .message
+                .starts_with("Fix the spec: spec.displayName"),
+            "{}",
+            condition(&plan, READY).message
+        );
+        assert_eq!(
+            plan.status.token_id.as_deref(),
+            Some(A),
+            "the current token stays known"
+        );
         assert_eq!(plan.status.hint.as_deref(), Some(a.hint.as_str()));
     }
 
@@ -875,7 +1253,10 @@ mod tests {
         }
         .check("fresh", &plan);
         assert_eq!(plan.status.token_id, None);
-        assert_eq!(plan.status.last_rotation_request, None, "nothing acted upon yet");
+        assert_eq!(
+            plan.status.last_rotation_request, None,
+            "nothing acted upon yet"
+        );
         assert!(plan.status.policies.is_empty());
     }
 
@@ -900,11 +1281,20 @@ mod tests {
         assert_eq!(st.issued_at, Some(to_k8s(a.issued_at)));
         assert_eq!(st.expires_at, None);
         assert_eq!(st.last_rotation_request, a.rotation_request);
-        assert_eq!(st.secret_ref, Some(SecretReference { name: "laptop-token".into() }));
+        assert_eq!(
+            st.secret_ref,
+            Some(SecretReference {
+                name: "laptop-token".into()
+            })
+        );
         assert_eq!(st.previous, None);
 
         // The next reconcile sees it adopted: no second note, same status.
-        let again = Case { pat: pat.clone().with_status(plan.status.clone()), ..case }.plan();
+        let again = Case {
+            pat: pat.clone().with_status(plan.status.clone()),
+            ..case
+        }
+        .plan();
         Expect {
             actions: vec![],
             phase: Phase::Active,
@@ -918,14 +1308,22 @@ mod tests {
 
     #[test]
     fn adopting_a_rotated_token_keeps_the_old_one_for_the_grace_period() {
-        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.grace_period = Some("1h".into()));
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .rotation(|r| r.grace_period = Some("1h".into()));
         let a = issued(&pat, &no_policy(), A, ago(10 * DAY));
         let b = issued(&pat, &no_policy(), B, ago(MIN));
         let grace_end = b.issued_at + chrono::Duration::hours(1);
         let pat = pat.with_status(status_for(&a));
 
-        let plan = Case::new(&pat).records([&a, &b]).secret(delivered(B, ago(MIN))).plan();
-        let ended = TokenRecord { expires_at: Some(grace_end), ..a.clone() };
+        let plan = Case::new(&pat)
+            .records([&a, &b])
+            .secret(delivered(B, ago(MIN)))
+            .plan();
+        let ended = TokenRecord {
+            expires_at: Some(grace_end),
+            ..a.clone()
+        };
         Expect {
             actions: vec![Action::UpdateRecord(Box::new(ended))],
             phase: Phase::Active,
@@ -935,8 +1333,18 @@ mod tests {
         }
         .check("adopt rotation", &plan);
         assert_eq!(plan.status.token_id.as_deref(), Some(B));
-        assert_eq!(plan.status.previous, Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(grace_end) }));
-        assert!(plan.notes[0].message.contains(B), "{}", plan.notes[0].message);
+        assert_eq!(
+            plan.status.previous,
+            Some(PreviousToken {
+                token_id: A.into(),
+                valid_until: to_k8s(grace_end)
+            })
+        );
+        assert!(
+            plan.notes[0].message.contains(B),
+            "{}",
+            plan.notes[0].message
+        );
     }
 
     #[test]
@@ -946,7 +1354,10 @@ mod tests {
         let orphan = issued(&pat, &no_policy(), X, ago(MIN));
         let plan = Case::new(&pat).records([&orphan]).plan();
         Expect {
-            actions: vec![Action::DeleteRecord(X.into()), Action::Issue(IssueReason::Initial)],
+            actions: vec![
+                Action::DeleteRecord(X.into()),
+                Action::Issue(IssueReason::Initial),
+            ],
             phase: Phase::Pending,
             conditions: ready_false("Issuing"),
             requeue: Some(Duration::from_secs(1)),
@@ -955,13 +1366,23 @@ mod tests {
         .check("orphan before first delivery", &plan);
 
         // The same crash during a rotation: the old token stays, the rotation is retried.
-        let before = PersonalAccessToken::test().persistent().rotation(|r| r.requested_at = Some("r1".into()));
+        let before = PersonalAccessToken::test()
+            .persistent()
+            .rotation(|r| r.requested_at = Some("r1".into()));
         let a = issued(&before, &no_policy(), A, ago(DAY));
-        let requested = before.rotation(|r| r.requested_at = Some("r2".into())).with_status(status_for(&a));
+        let requested = before
+            .rotation(|r| r.requested_at = Some("r2".into()))
+            .with_status(status_for(&a));
         let orphan = issued(&requested, &no_policy(), X, ago(MIN));
-        let plan = Case::new(&requested).records([&a, &orphan]).secret(delivered(A, ago(DAY))).plan();
+        let plan = Case::new(&requested)
+            .records([&a, &orphan])
+            .secret(delivered(A, ago(DAY)))
+            .plan();
         Expect {
-            actions: vec![Action::DeleteRecord(X.into()), Action::Issue(IssueReason::Rotation)],
+            actions: vec![
+                Action::DeleteRecord(X.into()),
+                Action::Issue(IssueReason::Rotation),
+            ],
             phase: Phase::Active,
             conditions: active("True", "SecretAvailable"),
             requeue: None,
@@ -975,9 +1396,21 @@ mod tests {
     fn a_foreign_secret_with_the_target_name_fails_without_issuing() {
         let pat = PersonalAccessToken::test();
         let plan = Case::new(&pat).secret(foreign()).plan();
-        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("SecretConflict"), requeue: None, notes: vec![] }
-            .check("foreign secret", &plan);
-        assert!(condition(&plan, READY).message.starts_with("Secret laptop-token exists"), "{}", condition(&plan, READY).message);
+        Expect {
+            actions: vec![],
+            phase: Phase::Failed,
+            conditions: ready_false("SecretConflict"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("foreign secret", &plan);
+        assert!(
+            condition(&plan, READY)
+                .message
+                .starts_with("Secret laptop-token exists"),
+            "{}",
+            condition(&plan, READY).message
+        );
     }
 
     #[test]
@@ -987,24 +1420,51 @@ mod tests {
         let pat = PersonalAccessToken::test().rotation(|r| r.grace_period = Some("1d".into()));
         let a = issued(&pat, &no_policy(), A, ago(2 * DAY));
         let b = issued(&pat, &no_policy(), B, ago(2 * HOUR));
-        let previous = PreviousToken { token_id: A.into(), valid_until: to_k8s(b.issued_at + chrono::Duration::days(1)) };
-        let a = TokenRecord { expires_at: Some(from_k8s(&previous.valid_until)), ..a };
-        let pat = pat.with_status(PersonalAccessTokenStatus { previous: Some(previous.clone()), ..status_for(&b) });
+        let previous = PreviousToken {
+            token_id: A.into(),
+            valid_until: to_k8s(b.issued_at + chrono::Duration::days(1)),
+        };
+        let a = TokenRecord {
+            expires_at: Some(from_k8s(&previous.valid_until)),
+            ..a
+        };
+        let pat = pat.with_status(PersonalAccessTokenStatus {
+            previous: Some(previous.clone()),
+            ..status_for(&b)
+        });
         let case = Case::new(&pat).records([&a, &b]).secret(foreign());
 
         let first = case.plan();
-        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("SecretConflict"), requeue: None, notes: vec![] }
-            .check("conflict after issue", &first);
+        Expect {
+            actions: vec![],
+            phase: Phase::Failed,
+            conditions: ready_false("SecretConflict"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("conflict after issue", &first);
         assert_eq!(first.status.token_id.as_deref(), Some(B));
         assert_eq!(first.status.previous, Some(previous));
 
-        let second = Case { pat: pat.clone().with_status(first.status.clone()), ..case }.plan();
-        Expect { actions: vec![], phase: Phase::Failed, conditions: ready_false("SecretConflict"), requeue: None, notes: vec![] }
-            .check("conflict persists", &second);
+        let second = Case {
+            pat: pat.clone().with_status(first.status.clone()),
+            ..case
+        }
+        .plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Failed,
+            conditions: ready_false("SecretConflict"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("conflict persists", &second);
         assert_eq!(second.status, first.status, "status is stable");
 
         // Once the foreign Secret is gone, the same token is Active again: nothing re-issued.
-        let resolved = Case::new(&pat.with_status(second.status)).records([&a, &b]).plan();
+        let resolved = Case::new(&pat.with_status(second.status))
+            .records([&a, &b])
+            .plan();
         Expect {
             actions: vec![],
             phase: Phase::Active,
@@ -1020,7 +1480,9 @@ mod tests {
     fn a_missing_record_is_replaced() {
         let pat = PersonalAccessToken::test().persistent();
         let a = issued(&pat, &no_policy(), A, ago(DAY));
-        let plan = Case::new(&pat.with_status(status_for(&a))).secret(delivered(A, ago(DAY))).plan();
+        let plan = Case::new(&pat.with_status(status_for(&a)))
+            .secret(delivered(A, ago(DAY)))
+            .plan();
         Expect {
             actions: vec![Action::Issue(IssueReason::Replacement)],
             phase: Phase::Pending,
@@ -1037,20 +1499,31 @@ mod tests {
     fn expiry_ends_the_token() {
         let pat = PersonalAccessToken::test()
             .persistent()
-            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("1h".into()), expires_at: None }))
+            .with_spec(|s| {
+                s.expiration = Some(Expiration {
+                    ttl: Some("1h".into()),
+                    expires_at: None,
+                })
+            })
             .rotation(|r| r.grace_period = Some("1d".into()));
         // Expiry is inclusive: issued exactly one ttl ago.
         let a = issued(&pat, &no_policy(), A, ago(2 * HOUR));
         let b = issued(&pat, &no_policy(), B, ago(HOUR));
         assert_eq!(b.expires_at, Some(now()));
         let status = PersonalAccessTokenStatus {
-            previous: Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(ago(-DAY)) }),
+            previous: Some(PreviousToken {
+                token_id: A.into(),
+                valid_until: to_k8s(ago(-DAY)),
+            }),
             ..status_for(&b)
         };
         let pat = pat.with_status(status);
         let orphan = issued(&pat, &no_policy(), X, ago(MIN));
 
-        let plan = Case::new(&pat).records([&a, &b, &orphan]).secret(delivered(B, ago(HOUR))).plan();
+        let plan = Case::new(&pat)
+            .records([&a, &b, &orphan])
+            .secret(delivered(B, ago(HOUR)))
+            .plan();
         Expect {
             actions: vec![
                 Action::DeleteRecord(X.into()),
@@ -1067,7 +1540,11 @@ mod tests {
         assert_eq!(plan.status.token_id.as_deref(), Some(B));
         assert_eq!(plan.status.expires_at, Some(to_k8s(now())));
         assert_eq!(plan.status.previous, None);
-        assert!(condition(&plan, READY).message.contains("Rotate it"), "{}", condition(&plan, READY).message);
+        assert!(
+            condition(&plan, READY).message.contains("Rotate it"),
+            "{}",
+            condition(&plan, READY).message
+        );
     }
 
     #[test]
@@ -1076,8 +1553,17 @@ mod tests {
         let pat = PersonalAccessToken::test().persistent();
         let used = |at: Option<DateTime<Utc>>, issued_at: DateTime<Utc>| {
             let a = issued(&pat, &policy, A, issued_at);
-            let status = PersonalAccessTokenStatus { last_used_at: at.map(to_k8s), ..status_for(&a) };
-            (Case::new(&pat.clone().with_status(status)).records([&a]).secret(delivered(A, issued_at)).policy(&policy), a)
+            let status = PersonalAccessTokenStatus {
+                last_used_at: at.map(to_k8s),
+                ..status_for(&a)
+            };
+            (
+                Case::new(&pat.clone().with_status(status))
+                    .records([&a])
+                    .secret(delivered(A, issued_at))
+                    .policy(&policy),
+                a,
+            )
         };
         let ended = |name: &str, case: Case| {
             let plan = case.plan();
@@ -1104,7 +1590,11 @@ mod tests {
 
         let (case, _) = used(Some(ago(HOUR)), ago(2 * DAY));
         let plan = ended("unused for the timeout since last use", case);
-        assert!(plan.notes[0].message.contains(&ago(HOUR).to_rfc3339()), "{}", plan.notes[0].message);
+        assert!(
+            plan.notes[0].message.contains(&ago(HOUR).to_rfc3339()),
+            "{}",
+            plan.notes[0].message
+        );
         let (case, _) = used(Some(ago(30 * MIN)), ago(2 * DAY));
         alive("used recently", case, 30 * MIN);
         let (case, _) = used(None, ago(HOUR));
@@ -1116,17 +1606,30 @@ mod tests {
 
     #[test]
     fn an_expired_token_stays_expired_until_renewed() {
-        let pat = PersonalAccessToken::test()
-            .persistent()
-            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("1h".into()), expires_at: None }));
+        let pat = PersonalAccessToken::test().persistent().with_spec(|s| {
+            s.expiration = Some(Expiration {
+                ttl: Some("1h".into()),
+                expires_at: None,
+            })
+        });
         let a = issued(&pat, &no_policy(), A, ago(HOUR + MIN));
-        let expiry = Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, a.issued_at)).at(ago(MIN)).plan();
+        let expiry = Case::new(&pat.clone().with_status(status_for(&a)))
+            .records([&a])
+            .secret(delivered(A, a.issued_at))
+            .at(ago(MIN))
+            .plan();
         assert_eq!(expiry.status.phase, Some(Phase::Expired));
         let expired = pat.clone().with_status(expiry.status.clone());
 
         let plan = Case::new(&expired).plan();
-        Expect { actions: vec![], phase: Phase::Expired, conditions: ready_false("Expired"), requeue: None, notes: vec![] }
-            .check("expired, nothing left", &plan);
+        Expect {
+            actions: vec![],
+            phase: Phase::Expired,
+            conditions: ready_false("Expired"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("expired, nothing left", &plan);
         assert_eq!(plan.status, expiry.status, "the Expired status is stable");
 
         let plan = Case::new(&expired).secret(delivered(A, a.issued_at)).plan();
@@ -1139,7 +1642,9 @@ mod tests {
         }
         .check("expired, secret left over", &plan);
 
-        let renewed = expired.clone().annotated(ROTATE_ANNOTATION, "2026-11-28T05:00:00Z");
+        let renewed = expired
+            .clone()
+            .annotated(ROTATE_ANNOTATION, "2026-11-28T05:00:00Z");
         let plan = Case::new(&renewed).plan();
         Expect {
             actions: vec![Action::Issue(IssueReason::Renewal)],
@@ -1154,17 +1659,36 @@ mod tests {
     #[test]
     fn an_idle_timed_out_token_keeps_its_reason() {
         let policy = governed_by(json!({"idleTimeout": "1h"}));
-        let pat = PersonalAccessToken::test()
-            .persistent()
-            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("30d".into()), expires_at: None }));
+        let pat = PersonalAccessToken::test().persistent().with_spec(|s| {
+            s.expiration = Some(Expiration {
+                ttl: Some("30d".into()),
+                expires_at: None,
+            })
+        });
         let a = issued(&pat, &policy, A, ago(DAY));
-        let idle = Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, a.issued_at)).policy(&policy).plan();
+        let idle = Case::new(&pat.clone().with_status(status_for(&a)))
+            .records([&a])
+            .secret(delivered(A, a.issued_at))
+            .policy(&policy)
+            .plan();
         assert_eq!(condition(&idle, READY).reason, "IdleTimeout");
 
-        let plan = Case::new(&pat.with_status(idle.status.clone())).policy(&policy).at(now() + chrono::Duration::minutes(1)).plan();
-        Expect { actions: vec![], phase: Phase::Expired, conditions: ready_false("IdleTimeout"), requeue: None, notes: vec![] }
-            .check("idle timed out, later", &plan);
-        assert_eq!(plan.status, idle.status, "not rewritten as expired at a future instant");
+        let plan = Case::new(&pat.with_status(idle.status.clone()))
+            .policy(&policy)
+            .at(now() + chrono::Duration::minutes(1))
+            .plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Expired,
+            conditions: ready_false("IdleTimeout"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("idle timed out, later", &plan);
+        assert_eq!(
+            plan.status, idle.status,
+            "not rewritten as expired at a future instant"
+        );
     }
 
     // ---- The delivered Secret ------------------------------------------------------------
@@ -1174,7 +1698,10 @@ mod tests {
         let base = PersonalAccessToken::test();
         let case = |pat: &PersonalAccessToken, delivered_ago: i64, policy: &EffectivePolicy| {
             let a = issued(pat, policy, A, ago(delivered_ago));
-            Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(delivered_ago))).policy(policy)
+            Case::new(&pat.clone().with_status(status_for(&a)))
+                .records([&a])
+                .secret(delivered(A, ago(delivered_ago)))
+                .policy(policy)
         };
         let kept = |requeue: i64| Expect {
             actions: vec![],
@@ -1193,43 +1720,94 @@ mod tests {
 
         let plan = case(&base, 10 * MIN, &no_policy()).plan();
         kept(50 * MIN).check("within the default window", &plan);
-        assert_eq!(plan.status.secret_ref, Some(SecretReference { name: "laptop-token".into() }));
+        assert_eq!(
+            plan.status.secret_ref,
+            Some(SecretReference {
+                name: "laptop-token".into()
+            })
+        );
 
         let plan = case(&base, 2 * HOUR, &no_policy()).plan();
         removed().check("past the window", &plan);
         assert_eq!(plan.status.secret_ref, None);
         assert!(plan.notes[0].message.contains("reveal window ended"));
 
-        let windowed = base.clone().with_spec(|s| s.secret = Some(SecretDelivery { reveal_window: Some("10m".into()), ..SecretDelivery::default() }));
-        kept(5 * MIN).check("within the spec's window", &case(&windowed, 5 * MIN, &no_policy()).plan());
+        let windowed = base.clone().with_spec(|s| {
+            s.secret = Some(SecretDelivery {
+                reveal_window: Some("10m".into()),
+                ..SecretDelivery::default()
+            })
+        });
+        kept(5 * MIN).check(
+            "within the spec's window",
+            &case(&windowed, 5 * MIN, &no_policy()).plan(),
+        );
         let short = governed_by(json!({"secret": {"maxRevealWindow": "15m"}}));
         let plan = case(&base, 5 * MIN, &short).plan();
-        Expect { conditions: active("True", "SecretAvailable"), ..kept(10 * MIN) }.check("window capped by policy", &plan);
+        Expect {
+            conditions: active("True", "SecretAvailable"),
+            ..kept(10 * MIN)
+        }
+        .check("window capped by policy", &plan);
 
-        let plan = case(&base.clone().annotated(ACKNOWLEDGED_ANNOTATION, A), 10 * MIN, &no_policy()).plan();
+        let plan = case(
+            &base.clone().annotated(ACKNOWLEDGED_ANNOTATION, A),
+            10 * MIN,
+            &no_policy(),
+        )
+        .plan();
         removed().check("acknowledged", &plan);
         assert!(plan.notes[0].message.contains("acknowledged"));
 
-        let plan = case(&base.clone().annotated(ACKNOWLEDGED_ANNOTATION, B), 10 * MIN, &no_policy()).plan();
+        let plan = case(
+            &base.clone().annotated(ACKNOWLEDGED_ANNOTATION, B),
+            10 * MIN,
+            &no_policy(),
+        )
+        .plan();
         kept(50 * MIN).check("acknowledged another token", &plan);
 
         // Already removed: reported, nothing to do, no note.
         let a = issued(&base, &no_policy(), A, ago(2 * HOUR));
-        let plan = Case::new(&base.clone().with_status(status_for(&a))).records([&a]).plan();
-        Expect { actions: vec![], phase: Phase::Active, conditions: active("False", "Revealed"), requeue: None, notes: vec![] }
-            .check("already revealed", &plan);
+        let plan = Case::new(&base.clone().with_status(status_for(&a)))
+            .records([&a])
+            .plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("False", "Revealed"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("already revealed", &plan);
     }
 
     #[test]
     fn persistent_secrets_are_kept_and_replaced_when_deleted() {
-        let pat = PersonalAccessToken::test().persistent().annotated(ACKNOWLEDGED_ANNOTATION, A);
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .annotated(ACKNOWLEDGED_ANNOTATION, A);
         let a = issued(&pat, &no_policy(), A, ago(30 * DAY));
         let pat = pat.with_status(status_for(&a));
 
-        let plan = Case::new(&pat).records([&a]).secret(delivered(A, ago(30 * DAY))).plan();
-        Expect { actions: vec![], phase: Phase::Active, conditions: active("True", "SecretAvailable"), requeue: None, notes: vec![] }
-            .check("persistent kept", &plan);
-        assert_eq!(plan.status.secret_ref, Some(SecretReference { name: "laptop-token".into() }));
+        let plan = Case::new(&pat)
+            .records([&a])
+            .secret(delivered(A, ago(30 * DAY)))
+            .plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: active("True", "SecretAvailable"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("persistent kept", &plan);
+        assert_eq!(
+            plan.status.secret_ref,
+            Some(SecretReference {
+                name: "laptop-token".into()
+            })
+        );
 
         let plan = Case::new(&pat).records([&a]).plan();
         Expect {
@@ -1247,9 +1825,15 @@ mod tests {
 
     #[test]
     fn rotation_on_request() {
-        let before = PersonalAccessToken::test().persistent().rotation(|r| r.requested_at = Some("r1".into()));
+        let before = PersonalAccessToken::test()
+            .persistent()
+            .rotation(|r| r.requested_at = Some("r1".into()));
         let a = issued(&before, &no_policy(), A, ago(DAY));
-        let requested = |pat: PersonalAccessToken| Case::new(&pat.with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(DAY)));
+        let requested = |pat: PersonalAccessToken| {
+            Case::new(&pat.with_status(status_for(&a)))
+                .records([&a])
+                .secret(delivered(A, ago(DAY)))
+        };
         let rotate = Expect {
             actions: vec![Action::Issue(IssueReason::Rotation)],
             phase: Phase::Active,
@@ -1257,19 +1841,39 @@ mod tests {
             requeue: None,
             notes: vec![],
         };
-        let stay = Expect { actions: vec![], ..rotate.clone() };
+        let stay = Expect {
+            actions: vec![],
+            ..rotate.clone()
+        };
 
-        let plan = requested(before.clone().rotation(|r| r.requested_at = Some("r2".into()))).plan();
+        let plan = requested(
+            before
+                .clone()
+                .rotation(|r| r.requested_at = Some("r2".into())),
+        )
+        .plan();
         rotate.check("spec.rotation.requestedAt changed", &plan);
-        assert_eq!(plan.status.last_rotation_request.as_deref(), Some("spec=r1;annotation="), "not acted upon until adopted");
+        assert_eq!(
+            plan.status.last_rotation_request.as_deref(),
+            Some("spec=r1;annotation="),
+            "not acted upon until adopted"
+        );
 
-        rotate.check("annotation changed", &requested(before.clone().annotated(ROTATE_ANNOTATION, "now")).plan());
+        rotate.check(
+            "annotation changed",
+            &requested(before.clone().annotated(ROTATE_ANNOTATION, "now")).plan(),
+        );
         stay.check("unchanged", &requested(before.clone()).plan());
 
         // Crash after delivering the rotated token: it answered the request; no second rotation.
-        let after = before.clone().rotation(|r| r.requested_at = Some("r2".into()));
+        let after = before
+            .clone()
+            .rotation(|r| r.requested_at = Some("r2".into()));
         let b = issued(&after, &no_policy(), B, ago(MIN));
-        let plan = Case::new(&after.with_status(status_for(&a))).records([&a, &b]).secret(delivered(B, ago(MIN))).plan();
+        let plan = Case::new(&after.with_status(status_for(&a)))
+            .records([&a, &b])
+            .secret(delivered(B, ago(MIN)))
+            .plan();
         Expect {
             actions: vec![Action::DeleteRecord(A.into())], // no grace period
             phase: Phase::Active,
@@ -1278,16 +1882,23 @@ mod tests {
             notes: vec![("Rotated", false)],
         }
         .check("rotation adopted", &plan);
-        assert_eq!(plan.status.last_rotation_request.as_deref(), Some("spec=r2;annotation="));
+        assert_eq!(
+            plan.status.last_rotation_request.as_deref(),
+            Some("spec=r2;annotation=")
+        );
         assert_eq!(plan.status.previous, None);
     }
 
     #[test]
     fn rotation_on_schedule() {
-        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.every = Some("30d".into()));
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .rotation(|r| r.every = Some("30d".into()));
         let case = |issued_ago: i64| {
             let a = issued(&pat, &no_policy(), A, ago(issued_ago));
-            Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(issued_ago)))
+            Case::new(&pat.clone().with_status(status_for(&a)))
+                .records([&a])
+                .secret(delivered(A, ago(issued_ago)))
         };
         Expect {
             actions: vec![Action::Issue(IssueReason::Rotation)],
@@ -1309,14 +1920,27 @@ mod tests {
 
     #[test]
     fn the_previous_token_lives_out_its_grace_period() {
-        let pat = PersonalAccessToken::test().persistent().rotation(|r| r.grace_period = Some("1h".into()));
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .rotation(|r| r.grace_period = Some("1h".into()));
         let case = |b_ago: i64| {
             let b = issued(&pat, &no_policy(), B, ago(b_ago));
             let grace_end = b.issued_at + chrono::Duration::hours(1);
-            let a = TokenRecord { expires_at: Some(grace_end), ..issued(&pat, &no_policy(), A, ago(10 * DAY)) };
-            let previous = PreviousToken { token_id: A.into(), valid_until: to_k8s(grace_end) };
-            let status = PersonalAccessTokenStatus { previous: Some(previous), ..status_for(&b) };
-            Case::new(&pat.clone().with_status(status)).records([&a, &b]).secret(delivered(B, ago(b_ago)))
+            let a = TokenRecord {
+                expires_at: Some(grace_end),
+                ..issued(&pat, &no_policy(), A, ago(10 * DAY))
+            };
+            let previous = PreviousToken {
+                token_id: A.into(),
+                valid_until: to_k8s(grace_end),
+            };
+            let status = PersonalAccessTokenStatus {
+                previous: Some(previous),
+                ..status_for(&b)
+            };
+            Case::new(&pat.clone().with_status(status))
+                .records([&a, &b])
+                .secret(delivered(B, ago(b_ago)))
         };
 
         let plan = case(10 * MIN).plan();
@@ -1328,8 +1952,17 @@ mod tests {
             notes: vec![],
         }
         .check("within grace", &plan);
-        assert_eq!(plan.status.previous.as_ref().map(|p| p.token_id.as_str()), Some(A));
-        assert_eq!(plan.status.previous.as_ref().map(|p| from_k8s(&p.valid_until)), Some(ago(-50 * MIN)));
+        assert_eq!(
+            plan.status.previous.as_ref().map(|p| p.token_id.as_str()),
+            Some(A)
+        );
+        assert_eq!(
+            plan.status
+                .previous
+                .as_ref()
+                .map(|p| from_k8s(&p.valid_until)),
+            Some(ago(-50 * MIN))
+        );
 
         let plan = case(2 * HOUR).plan();
         Expect {
@@ -1348,12 +1981,18 @@ mod tests {
     #[test]
     fn expiring_soon_inside_the_warning_window() {
         let policy = governed_by(json!({"rotation": {"warnBefore": "7d"}}));
-        let pat = PersonalAccessToken::test()
-            .persistent()
-            .with_spec(|s| s.expiration = Some(Expiration { ttl: Some("30d".into()), expires_at: None }));
+        let pat = PersonalAccessToken::test().persistent().with_spec(|s| {
+            s.expiration = Some(Expiration {
+                ttl: Some("30d".into()),
+                expires_at: None,
+            })
+        });
         let case = |issued_ago: i64| {
             let a = issued(&pat, &policy, A, ago(issued_ago));
-            Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(issued_ago))).policy(&policy)
+            Case::new(&pat.clone().with_status(status_for(&a)))
+                .records([&a])
+                .secret(delivered(A, ago(issued_ago)))
+                .policy(&policy)
         };
         let expiring = vec![
             (EXPIRING_SOON, "True", "WithinWarningPeriod"),
@@ -1372,13 +2011,29 @@ mod tests {
             notes: vec![("ExpiringSoon", true)],
         }
         .check("entering the window", &first);
-        assert_eq!(condition(&first, POLICY_COMPLIANT).message, "Complies with baseline.");
+        assert_eq!(
+            condition(&first, POLICY_COMPLIANT).message,
+            "Complies with baseline."
+        );
 
         // Already True: no second warning, and the transition time stays.
-        let again = Case { pat: pat.clone().with_status(first.status.clone()), ..case(25 * DAY) }.plan();
-        Expect { actions: vec![], phase: Phase::Active, conditions: expiring, requeue: Some(span(5 * DAY)), notes: vec![] }
-            .check("inside the window", &again);
-        assert_eq!(condition(&again, EXPIRING_SOON).last_transition_time, to_k8s(ago(HOUR)));
+        let again = Case {
+            pat: pat.clone().with_status(first.status.clone()),
+            ..case(25 * DAY)
+        }
+        .plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: expiring,
+            requeue: Some(span(5 * DAY)),
+            notes: vec![],
+        }
+        .check("inside the window", &again);
+        assert_eq!(
+            condition(&again, EXPIRING_SOON).last_transition_time,
+            to_k8s(ago(HOUR))
+        );
 
         Expect {
             actions: vec![],
@@ -1393,9 +2048,15 @@ mod tests {
     #[test]
     fn policy_clamps_are_reported_as_not_compliant() {
         let policy = governed_by(json!({"allowedScopes": ["read:*"]}));
-        let pat = PersonalAccessToken::test().persistent().with_spec(|s| s.scopes = vec!["read:pods".into(), "write:pods".into()]);
+        let pat = PersonalAccessToken::test()
+            .persistent()
+            .with_spec(|s| s.scopes = vec!["read:pods".into(), "write:pods".into()]);
         let a = issued(&pat, &policy, A, ago(DAY));
-        assert_eq!(a.scopes, ["read:pods"], "the disallowed scope is never granted");
+        assert_eq!(
+            a.scopes,
+            ["read:pods"],
+            "the disallowed scope is never granted"
+        );
         let clamped = vec![
             (EXPIRING_SOON, "False", "NotExpiring"),
             (DELIVERED, "True", "SecretAvailable"),
@@ -1404,11 +2065,24 @@ mod tests {
         ];
         let pat = pat.with_status(status_for(&a));
 
-        let plan = Case::new(&pat).records([&a]).secret(delivered(A, ago(DAY))).policy(&policy).plan();
-        Expect { actions: vec![], phase: Phase::Active, conditions: clamped.clone(), requeue: None, notes: vec![("PolicyViolation", true)] }
-            .check("clamped", &plan);
+        let plan = Case::new(&pat)
+            .records([&a])
+            .secret(delivered(A, ago(DAY)))
+            .policy(&policy)
+            .plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Active,
+            conditions: clamped.clone(),
+            requeue: None,
+            notes: vec![("PolicyViolation", true)],
+        }
+        .check("clamped", &plan);
         let message = &condition(&plan, POLICY_COMPLIANT).message;
-        assert!(message.contains("scope \"write:pods\" is not allowed by policy baseline"), "{message}");
+        assert!(
+            message.contains("scope \"write:pods\" is not allowed by policy baseline"),
+            "{message}"
+        );
         assert_eq!(plan.notes[0].message, *message);
         assert_eq!(plan.status.policies, ["baseline"]);
 
@@ -1416,9 +2090,16 @@ mod tests {
         let wide = issued(&pat, &no_policy(), A, ago(DAY));
         assert_eq!(wide.scopes, ["read:pods", "write:pods"]);
         let again = pat.clone().with_status(plan.status.clone());
-        let plan = Case::new(&again).records([&wide]).secret(delivered(A, ago(DAY))).policy(&policy).plan();
+        let plan = Case::new(&again)
+            .records([&wide])
+            .secret(delivered(A, ago(DAY)))
+            .policy(&policy)
+            .plan();
         Expect {
-            actions: vec![Action::UpdateRecord(Box::new(TokenRecord { scopes: vec!["read:pods".into()], ..wide.clone() }))],
+            actions: vec![Action::UpdateRecord(Box::new(TokenRecord {
+                scopes: vec!["read:pods".into()],
+                ..wide.clone()
+            }))],
             phase: Phase::Active,
             conditions: clamped,
             requeue: None,
@@ -1426,8 +2107,14 @@ mod tests {
         }
         .check("record narrowed", &plan);
 
-        let plan = Case::new(&pat).records([&a]).secret(delivered(A, ago(DAY))).plan();
-        assert_eq!(condition(&plan, POLICY_COMPLIANT).message, "No TokenPolicy governs this namespace.");
+        let plan = Case::new(&pat)
+            .records([&a])
+            .secret(delivered(A, ago(DAY)))
+            .plan();
+        assert_eq!(
+            condition(&plan, POLICY_COMPLIANT).message,
+            "No TokenPolicy governs this namespace."
+        );
     }
 
     #[test]
@@ -1444,13 +2131,61 @@ mod tests {
             expected: i64,
         }
         let rows = [
-            Row { name: "reveal end", reveal: "2h", grace: "3h", idle: "4h", every: "5h", warn: Some("7d"), expected: HOUR },
-            Row { name: "grace end", reveal: "3h", grace: "2h", idle: "4h", every: "5h", warn: Some("7d"), expected: HOUR },
-            Row { name: "idle deadline", reveal: "3h", grace: "4h", idle: "2h", every: "5h", warn: Some("7d"), expected: HOUR },
-            Row { name: "scheduled rotation", reveal: "3h", grace: "4h", idle: "5h", every: "2h", warn: Some("7d"), expected: HOUR },
+            Row {
+                name: "reveal end",
+                reveal: "2h",
+                grace: "3h",
+                idle: "4h",
+                every: "5h",
+                warn: Some("7d"),
+                expected: HOUR,
+            },
+            Row {
+                name: "grace end",
+                reveal: "3h",
+                grace: "2h",
+                idle: "4h",
+                every: "5h",
+                warn: Some("7d"),
+                expected: HOUR,
+            },
+            Row {
+                name: "idle deadline",
+                reveal: "3h",
+                grace: "4h",
+                idle: "2h",
+                every: "5h",
+                warn: Some("7d"),
+                expected: HOUR,
+            },
+            Row {
+                name: "scheduled rotation",
+                reveal: "3h",
+                grace: "4h",
+                idle: "5h",
+                every: "2h",
+                warn: Some("7d"),
+                expected: HOUR,
+            },
             // Expiry is 30d - 1h away; a 718h warning starts 1h from now.
-            Row { name: "warning start", reveal: "3h", grace: "4h", idle: "5h", every: "6h", warn: Some("718h"), expected: HOUR },
-            Row { name: "expiry", reveal: "31d", grace: "31d", idle: "31d", every: "31d", warn: None, expected: 30 * DAY - HOUR },
+            Row {
+                name: "warning start",
+                reveal: "3h",
+                grace: "4h",
+                idle: "5h",
+                every: "6h",
+                warn: Some("718h"),
+                expected: HOUR,
+            },
+            Row {
+                name: "expiry",
+                reveal: "31d",
+                grace: "31d",
+                idle: "31d",
+                every: "31d",
+                warn: None,
+                expected: 30 * DAY - HOUR,
+            },
         ];
         for row in rows {
             let mut spec = json!({"idleTimeout": row.idle});
@@ -1460,25 +2195,53 @@ mod tests {
             let policy = governed_by(spec);
             let pat = PersonalAccessToken::test()
                 .with_spec(|s| {
-                    s.expiration = Some(Expiration { ttl: Some("30d".into()), expires_at: None });
-                    s.secret = Some(SecretDelivery { reveal_window: Some(row.reveal.into()), ..SecretDelivery::default() });
+                    s.expiration = Some(Expiration {
+                        ttl: Some("30d".into()),
+                        expires_at: None,
+                    });
+                    s.secret = Some(SecretDelivery {
+                        reveal_window: Some(row.reveal.into()),
+                        ..SecretDelivery::default()
+                    });
                 })
                 .rotation(|r| {
                     r.grace_period = Some(row.grace.into());
                     r.every = Some(row.every.into());
                 });
             let b = issued(&pat, &policy, B, ago(HOUR));
-            let grace = patrol_api::duration::Duration::from(row.grace).to_chrono().expect("grace");
+            let grace = patrol_api::duration::Duration::from(row.grace)
+                .to_chrono()
+                .expect("grace");
             let grace_end = b.issued_at + grace;
-            let a = TokenRecord { expires_at: Some(grace_end), ..issued(&pat, &policy, A, ago(10 * DAY)) };
+            let a = TokenRecord {
+                expires_at: Some(grace_end),
+                ..issued(&pat, &policy, A, ago(10 * DAY))
+            };
             let status = PersonalAccessTokenStatus {
-                previous: Some(PreviousToken { token_id: A.into(), valid_until: to_k8s(grace_end) }),
+                previous: Some(PreviousToken {
+                    token_id: A.into(),
+                    valid_until: to_k8s(grace_end),
+                }),
                 ..status_for(&b)
             };
-            let plan = Case::new(&pat.with_status(status)).records([&a, &b]).secret(delivered(B, ago(HOUR))).policy(&policy).plan();
+            let plan = Case::new(&pat.with_status(status))
+                .records([&a, &b])
+                .secret(delivered(B, ago(HOUR)))
+                .policy(&policy)
+                .plan();
             assert_eq!(plan.actions, [], "{}: actions", row.name);
-            assert_eq!(plan.status.phase, Some(Phase::Active), "{}: phase", row.name);
-            assert_eq!(plan.requeue_after, Some(span(row.expected)), "{}: requeue_after", row.name);
+            assert_eq!(
+                plan.status.phase,
+                Some(Phase::Active),
+                "{}: phase",
+                row.name
+            );
+            assert_eq!(
+                plan.requeue_after,
+                Some(span(row.expected)),
+                "{}: requeue_after",
+                row.name
+            );
         }
     }
 
@@ -1486,17 +2249,35 @@ mod tests {
     fn conditions_keep_their_transition_time_while_unchanged() {
         let pat = PersonalAccessToken::test();
         let a = issued(&pat, &no_policy(), A, ago(DAY));
-        let case = Case::new(&pat.clone().with_status(status_for(&a))).records([&a]).secret(delivered(A, ago(DAY) + chrono::Duration::minutes(1)));
+        let case = Case::new(&pat.clone().with_status(status_for(&a)))
+            .records([&a])
+            .secret(delivered(A, ago(DAY) + chrono::Duration::minutes(1)));
         // A day ago, one minute after delivery: the Secret was still there.
-        let then = Case { now: ago(DAY) + chrono::Duration::minutes(2), ..case }.plan();
+        let then = Case {
+            now: ago(DAY) + chrono::Duration::minutes(2),
+            ..case
+        }
+        .plan();
         assert_eq!(condition(&then, DELIVERED).status, "True");
         let earlier = to_k8s(ago(DAY) + chrono::Duration::minutes(2));
-        assert!(then.status.conditions.iter().all(|c| c.last_transition_time == earlier));
+        assert!(
+            then.status
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time == earlier)
+        );
 
-        let now_plan = Case::new(&pat.with_status(then.status.clone())).records([&a]).secret(delivered(A, ago(DAY) + chrono::Duration::minutes(1))).plan();
+        let now_plan = Case::new(&pat.with_status(then.status.clone()))
+            .records([&a])
+            .secret(delivered(A, ago(DAY) + chrono::Duration::minutes(1)))
+            .plan();
         assert_eq!(now_plan.actions, [Action::DeleteSecret]);
         for c in &now_plan.status.conditions {
-            let expected = if c.type_ == DELIVERED { to_k8s(now()) } else { earlier.clone() };
+            let expected = if c.type_ == DELIVERED {
+                to_k8s(now())
+            } else {
+                earlier.clone()
+            };
             assert_eq!(c.last_transition_time, expected, "{}", c.type_);
         }
     }

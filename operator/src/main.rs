@@ -53,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
     let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "local".into());
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "local".into());
         format!("{host}-{}", std::process::id())
     });
     let client = kube::Client::try_default().await?;
@@ -80,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_tracing(format: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let builder = fmt().with_env_filter(filter).with_target(false);
     if format == "json" {
         builder.json().init();

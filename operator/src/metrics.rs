@@ -1,10 +1,6 @@
 //! Prometheus metrics of the operator. Labels are bounded: result, error reason, phase.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use patrol_api::v1alpha1::Phase;
 use prometheus_client::{
@@ -39,7 +35,13 @@ pub struct Metrics {
     leader: Gauge,
 }
 
-const PHASES: [Phase; 5] = [Phase::Pending, Phase::Active, Phase::Expired, Phase::Revoked, Phase::Failed];
+const PHASES: [Phase; 5] = [
+    Phase::Pending,
+    Phase::Active,
+    Phase::Expired,
+    Phase::Revoked,
+    Phase::Failed,
+];
 
 fn phase_label(phase: Phase) -> &'static str {
     match phase {
@@ -55,11 +57,23 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("patrol_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
-        registry.register("reconciles", "PersonalAccessToken reconciles by result", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "PersonalAccessToken reconciles by result",
+            reconciles.clone(),
+        );
         let errors = Family::<ReasonLabels, Counter>::default();
-        registry.register("reconcile_errors", "Failed reconciles by reason", errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason",
+            errors.clone(),
+        );
         let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
-        registry.register("reconcile_duration_seconds", "Time spent in one reconcile", duration.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            duration.clone(),
+        );
         let materialize = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]);
         registry.register(
             "materialize_duration_seconds",
@@ -69,11 +83,28 @@ impl Default for Metrics {
         let tokens = Family::<PhaseLabels, Gauge>::default();
         registry.register("tokens", "PersonalAccessTokens by phase", tokens.clone());
         let leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         for phase in PHASES {
-            tokens.get_or_create(&PhaseLabels { phase: phase_label(phase) }).set(0);
+            tokens
+                .get_or_create(&PhaseLabels {
+                    phase: phase_label(phase),
+                })
+                .set(0);
         }
-        Self { registry, reconciles, errors, duration, materialize, tokens, phases: Mutex::default(), leader }
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            materialize,
+            tokens,
+            phases: Mutex::default(),
+            leader,
+        }
     }
 }
 
@@ -81,7 +112,9 @@ impl Metrics {
     pub fn reconcile_done(&self, took: Duration, error: Option<&'static str>) {
         self.duration.observe(took.as_secs_f64());
         let result = if error.is_some() { "error" } else { "ok" };
-        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
         if let Some(reason) = error {
             self.reconcile_error(reason);
         }
@@ -113,12 +146,16 @@ impl Metrics {
     }
 
     fn update_phases(&self, change: impl FnOnce(&mut HashMap<String, Phase>)) {
-        let Ok(mut phases) = self.phases.lock() else { return };
+        let Ok(mut phases) = self.phases.lock() else {
+            return;
+        };
         change(&mut phases);
         for phase in PHASES {
             let n = phases.values().filter(|p| **p == phase).count();
             self.tokens
-                .get_or_create(&PhaseLabels { phase: phase_label(phase) })
+                .get_or_create(&PhaseLabels {
+                    phase: phase_label(phase),
+                })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

@@ -10,7 +10,10 @@ use chrono::Utc;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PartialObjectMeta},
+    api::{
+        ApiResource, DynamicObject, GroupVersionKind, ListParams, PartialObjectMeta, Patch,
+        PatchParams,
+    },
     runtime::reflector::{ObjectRef, Store},
 };
 use patrol_api::{
@@ -24,7 +27,10 @@ use crate::reconciler::FIELD_MANAGER;
 pub const INTERVAL: Duration = Duration::from_secs(15);
 
 /// Counts for one policy over a set of PATs (pure).
-pub fn count(policy: &TokenPolicy, pats: &[(PersonalAccessToken, BTreeMap<String, String>)]) -> (i32, i32) {
+pub fn count(
+    policy: &TokenPolicy,
+    pats: &[(PersonalAccessToken, BTreeMap<String, String>)],
+) -> (i32, i32) {
     let single = PolicySet::new(vec![policy.clone()]);
     let now = Utc::now();
     let (mut governed, mut violating) = (0, 0);
@@ -34,9 +40,17 @@ pub fn count(policy: &TokenPolicy, pats: &[(PersonalAccessToken, BTreeMap<String
             continue;
         }
         governed += 1;
-        let issued = pat.status.as_ref().and_then(|s| s.issued_at.as_ref()).map(patrol_api::time::from_k8s).unwrap_or(now);
+        let issued = pat
+            .status
+            .as_ref()
+            .and_then(|s| s.issued_at.as_ref())
+            .map(patrol_api::time::from_k8s)
+            .unwrap_or(now);
         let breaks = !effective.admission_violations(&pat.spec, issued).is_empty()
-            || !effective.resolve(&pat.spec, issued).non_compliance.is_empty();
+            || !effective
+                .resolve(&pat.spec, issued)
+                .non_compliance
+                .is_empty();
         if breaks {
             violating += 1;
         }
@@ -44,7 +58,11 @@ pub fn count(policy: &TokenPolicy, pats: &[(PersonalAccessToken, BTreeMap<String
     (governed, violating)
 }
 
-pub async fn run(client: Client, policies: Store<TokenPolicy>, namespaces: Store<PartialObjectMeta<Namespace>>) {
+pub async fn run(
+    client: Client,
+    policies: Store<TokenPolicy>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+) {
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(patrol_api::GROUP, "v1alpha1", "PersonalAccessToken"),
         "personalaccesstokens",
@@ -69,10 +87,17 @@ async fn refresh(
     let pats: Vec<(PersonalAccessToken, BTreeMap<String, String>)> = list
         .items
         .into_iter()
-        .filter_map(|obj| serde_json::to_value(&obj).and_then(serde_json::from_value::<PersonalAccessToken>).ok())
+        .filter_map(|obj| {
+            serde_json::to_value(&obj)
+                .and_then(serde_json::from_value::<PersonalAccessToken>)
+                .ok()
+        })
         .map(|pat| {
             let ns = pat.namespace().unwrap_or_default();
-            let labels = namespaces.get(&ObjectRef::new(&ns)).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+            let labels = namespaces
+                .get(&ObjectRef::new(&ns))
+                .and_then(|n| n.metadata.labels.clone())
+                .unwrap_or_default();
             (pat, labels)
         })
         .collect();
@@ -94,7 +119,11 @@ async fn refresh(
             "status": desired,
         });
         policy_api
-            .patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .patch_status(
+                &policy.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
             .await?;
     }
     Ok(())

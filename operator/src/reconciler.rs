@@ -13,7 +13,9 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PartialObjectMeta, PostParams},
+    api::{
+        DeleteParams, DynamicObject, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams,
+    },
     runtime::{
         controller::Action as Requeue,
         events::{Event, EventType, Recorder},
@@ -101,14 +103,15 @@ impl Error {
 #[instrument(skip_all, fields(pat = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())))]
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = Instant::now();
-    let pat: PersonalAccessToken = match serde_json::to_value(obj.as_ref()).and_then(serde_json::from_value) {
-        Ok(pat) => pat,
-        Err(err) => {
-            warn!(error = %err, "skipping malformed PersonalAccessToken");
-            ctx.metrics.reconcile_error("malformed");
-            return Ok(Requeue::await_change());
-        }
-    };
+    let pat: PersonalAccessToken =
+        match serde_json::to_value(obj.as_ref()).and_then(serde_json::from_value) {
+            Ok(pat) => pat,
+            Err(err) => {
+                warn!(error = %err, "skipping malformed PersonalAccessToken");
+                ctx.metrics.reconcile_error("malformed");
+                return Ok(Requeue::await_change());
+            }
+        };
     let ns = pat.namespace().unwrap_or_default();
     let api: Api<PersonalAccessToken> = Api::namespaced(ctx.client.clone(), &ns);
     // Decide from the stored object, not the watch cache: after an apiserver restart the
@@ -125,10 +128,14 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Req
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
-    ctx.metrics.reconcile_done(started.elapsed(), result.as_ref().err().map(Error::metric_label));
+    ctx.metrics.reconcile_done(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
     // Adding the finalizer ends a reconcile and waits for the watch to report the change;
     // look again right away instead, so a slow or resyncing watch cannot delay the token.
     if !had_finalizer && result.is_ok() {
@@ -159,9 +166,18 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
     let records = list_records(ctx, &uid).await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = lifecycle::secret_name(pat);
-    let secret = secrets.get_metadata_opt(&secret_name).await?.map(|s| observe_secret(&s, &uid));
+    let secret = secrets
+        .get_metadata_opt(&secret_name)
+        .await?
+        .map(|s| observe_secret(&s, &uid));
 
-    let plan = lifecycle::plan(&Observed { pat, records: &records, secret: secret.as_ref(), policy: &policy, now });
+    let plan = lifecycle::plan(&Observed {
+        pat,
+        records: &records,
+        secret: secret.as_ref(),
+        policy: &policy,
+        now,
+    });
     debug!(actions = ?plan.actions, phase = ?plan.status.phase, "plan");
 
     let mut issue = None;
@@ -185,7 +201,11 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
         && pat.status.as_ref().and_then(|s| s.phase) != Some(Phase::Active)
         && let Some(created) = pat.creation_timestamp()
     {
-        ctx.metrics.materialized((now - patrol_api::time::from_k8s(&created)).to_std().unwrap_or_default());
+        ctx.metrics.materialized(
+            (now - patrol_api::time::from_k8s(&created))
+                .to_std()
+                .unwrap_or_default(),
+        );
     }
 
     if let Some(reason) = issue {
@@ -195,7 +215,9 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
     }
     // Deadlines drive requeues; without one, a slow resync bounds how long a missed watch
     // event (e.g. while the apiserver restarts) can go unnoticed.
-    Ok(Requeue::requeue(plan.requeue_after.unwrap_or(RESYNC).min(RESYNC)))
+    Ok(Requeue::requeue(
+        plan.requeue_after.unwrap_or(RESYNC).min(RESYNC),
+    ))
 }
 
 async fn cleanup(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Error> {
@@ -228,7 +250,11 @@ async fn issue_token(
     const TRIES: u32 = 3;
     for _ in 0..TRIES {
         let hasher = ctx.hasher.clone();
-        let _permit = ctx.hash_permits.acquire().await.map_err(|e| Error::Finalizer(format!("hash pool closed: {e}")))?;
+        let _permit = ctx
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|e| Error::Finalizer(format!("hash pool closed: {e}")))?;
         // argon2 takes tens of milliseconds: keep it off the async workers.
         let (plaintext, hashed) = tokio::task::spawn_blocking(move || {
             let plaintext = token::generate()?;
@@ -238,9 +264,25 @@ async fn issue_token(
         .await
         .map_err(|e| Error::Finalizer(format!("hashing task failed: {e}")))??;
         let issued_at = Utc::now();
-        let record = lifecycle::new_record(pat, policy, plaintext.id().to_string(), hashed, plaintext.hint(), issued_at);
+        let record = lifecycle::new_record(
+            pat,
+            policy,
+            plaintext.id().to_string(),
+            hashed,
+            plaintext.hint(),
+            issued_at,
+        );
         let secret = record.to_secret(&ctx.namespace)?;
-        match records.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret).await {
+        match records
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &secret,
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_conflict(&e) => continue,
             Err(e) => return Err(e.into()),
@@ -256,7 +298,12 @@ async fn issue_token(
 
 /// Writes the plaintext Secret beside the PAT, owned by it (so it is garbage-collected
 /// with it even if the operator is gone).
-async fn deliver(pat: &PersonalAccessToken, plaintext: &token::PlaintextToken, at: DateTime<Utc>, ctx: &Context) -> Result<(), Error> {
+async fn deliver(
+    pat: &PersonalAccessToken,
+    plaintext: &token::PlaintextToken,
+    at: DateTime<Utc>,
+    ctx: &Context,
+) -> Result<(), Error> {
     let ns = pat.namespace().unwrap_or_default();
     let name = lifecycle::secret_name(pat);
     let owner = OwnerReference {
@@ -272,10 +319,19 @@ async fn deliver(pat: &PersonalAccessToken, plaintext: &token::PlaintextToken, a
             name: Some(name.clone()),
             namespace: Some(ns.clone()),
             labels: Some(BTreeMap::from([
-                (record::COMPONENT_LABEL.to_owned(), DELIVERED_COMPONENT.to_owned()),
-                (record::MANAGED_BY_LABEL.to_owned(), record::MANAGED_BY.to_owned()),
+                (
+                    record::COMPONENT_LABEL.to_owned(),
+                    DELIVERED_COMPONENT.to_owned(),
+                ),
+                (
+                    record::MANAGED_BY_LABEL.to_owned(),
+                    record::MANAGED_BY.to_owned(),
+                ),
                 (record::PAT_NAME_LABEL.to_owned(), pat.name_any()),
-                (record::PAT_UID_LABEL.to_owned(), pat.uid().unwrap_or_default()),
+                (
+                    record::PAT_UID_LABEL.to_owned(),
+                    pat.uid().unwrap_or_default(),
+                ),
             ])),
             annotations: Some(BTreeMap::from([
                 (TOKEN_ID_ANNOTATION.to_owned(), plaintext.id().to_string()),
@@ -285,11 +341,19 @@ async fn deliver(pat: &PersonalAccessToken, plaintext: &token::PlaintextToken, a
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), ByteString(plaintext.expose_secret().as_bytes().to_vec()))])),
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_owned(),
+            ByteString(plaintext.expose_secret().as_bytes().to_vec()),
+        )])),
         ..Secret::default()
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await?;
     Ok(())
 }
 
@@ -312,7 +376,13 @@ async fn list_records(ctx: &Context, pat_uid: &str) -> Result<Vec<TokenRecord>, 
 
 async fn delete_record(ctx: &Context, token_id: &str) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    match api.delete(&TokenRecord::secret_name(token_id), &DeleteParams::default()).await {
+    match api
+        .delete(
+            &TokenRecord::secret_name(token_id),
+            &DeleteParams::default(),
+        )
+        .await
+    {
         Ok(_) => {
             info!(token_id, "token record deleted");
             Ok(())
@@ -325,19 +395,29 @@ async fn delete_record(ctx: &Context, token_id: &str) -> Result<(), Error> {
 async fn write_record(ctx: &Context, record: &TokenRecord) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let secret = record.to_secret(&ctx.namespace)?;
-    api.patch(&TokenRecord::secret_name(&record.token_id), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
-        .await?;
+    api.patch(
+        &TokenRecord::secret_name(&record.token_id),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await?;
     Ok(())
 }
 
 fn observe_secret(secret: &PartialObjectMeta<Secret>, pat_uid: &str) -> DeliveredSecret {
     let labels = secret.metadata.labels.as_ref();
-    let owned = labels.and_then(|l| l.get(record::PAT_UID_LABEL)).is_some_and(|u| u == pat_uid)
-        && labels.and_then(|l| l.get(record::COMPONENT_LABEL)).is_some_and(|c| c == DELIVERED_COMPONENT);
+    let owned = labels
+        .and_then(|l| l.get(record::PAT_UID_LABEL))
+        .is_some_and(|u| u == pat_uid)
+        && labels
+            .and_then(|l| l.get(record::COMPONENT_LABEL))
+            .is_some_and(|c| c == DELIVERED_COMPONENT);
     let annotations = secret.metadata.annotations.as_ref();
     DeliveredSecret {
         owned,
-        token_id: annotations.and_then(|a| a.get(TOKEN_ID_ANNOTATION)).cloned(),
+        token_id: annotations
+            .and_then(|a| a.get(TOKEN_ID_ANNOTATION))
+            .cloned(),
         delivered_at: annotations
             .and_then(|a| a.get(DELIVERED_AT_ANNOTATION))
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
@@ -346,25 +426,45 @@ fn observe_secret(secret: &PartialObjectMeta<Secret>, pat_uid: &str) -> Delivere
 }
 
 /// Server-side applies the status the plan wants, when it differs from what is stored.
-async fn write_status(pat: &PersonalAccessToken, desired: &patrol_api::v1alpha1::PersonalAccessTokenStatus, ctx: &Context) -> Result<(), Error> {
+async fn write_status(
+    pat: &PersonalAccessToken,
+    desired: &patrol_api::v1alpha1::PersonalAccessTokenStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
     let mut current = pat.status.clone().unwrap_or_default();
     current.last_used_at = None;
     if current == *desired {
         return Ok(());
     }
-    let api: Api<PersonalAccessToken> = Api::namespaced(ctx.client.clone(), &pat.namespace().unwrap_or_default());
+    let api: Api<PersonalAccessToken> =
+        Api::namespaced(ctx.client.clone(), &pat.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": PersonalAccessToken::api_version(&()),
         "kind": PersonalAccessToken::kind(&()),
         "status": desired,
     });
-    api.patch_status(&pat.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        &pat.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
-async fn publish(ctx: &Context, pat: &PersonalAccessToken, reason: &str, message: &str, warning: bool) {
+async fn publish(
+    ctx: &Context,
+    pat: &PersonalAccessToken,
+    reason: &str,
+    message: &str,
+    warning: bool,
+) {
     let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
         reason: reason.to_owned(),
         note: Some(message.to_owned()),
         action: "Reconcile".into(),

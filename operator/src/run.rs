@@ -109,13 +109,18 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         .touched_objects()
         .filter_map(|r| future::ready(r.ok()));
 
-    let reporter = Reporter { controller: "patrol-operator".into(), instance: Some(settings.identity.clone()) };
+    let reporter = Reporter {
+        controller: "patrol-operator".into(),
+        instance: Some(settings.identity.clone()),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         namespace: settings.namespace.clone(),
         hasher,
         hash_permits: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         )),
         policies: policies.clone(),
         namespaces: namespaces.clone(),
@@ -128,8 +133,14 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         "personalaccesstokens",
     );
     let (pats, delivered): (Api<DynamicObject>, Api<Secret>) = match &settings.watch_namespace {
-        Some(ns) => (Api::namespaced_with(client.clone(), ns, &resource), Api::namespaced(client.clone(), ns)),
-        None => (Api::all_with(client.clone(), &resource), Api::all(client.clone())),
+        Some(ns) => (
+            Api::namespaced_with(client.clone(), ns, &resource),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all_with(client.clone(), &resource),
+            Api::all(client.clone()),
+        ),
     };
     let records: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
     let controller = Controller::new_with(pats, watch_config(), resource.clone())
@@ -138,15 +149,23 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         .owns_with(
             delivered,
             (),
-            watch_config().labels(&format!("{}={DELIVERED_COMPONENT}", record::COMPONENT_LABEL)),
+            watch_config().labels(&format!(
+                "{}={DELIVERED_COMPONENT}",
+                record::COMPONENT_LABEL
+            )),
         )
         // Token records in our namespace point back at their PAT by label.
-        .watches_with(records, (), watch_config().labels(&record::selector()), |secret: Secret| {
-            let labels = secret.labels();
-            let ns = labels.get(record::PAT_NAMESPACE_LABEL)?;
-            let name = labels.get(record::PAT_NAME_LABEL)?;
-            Some(ObjectRef::new_with(name, resource_for_refs()).within(ns))
-        })
+        .watches_with(
+            records,
+            (),
+            watch_config().labels(&record::selector()),
+            |secret: Secret| {
+                let labels = secret.labels();
+                let ns = labels.get(record::PAT_NAMESPACE_LABEL)?;
+                let name = labels.get(record::PAT_NAME_LABEL)?;
+                Some(ObjectRef::new_with(name, resource_for_refs()).within(ns))
+            },
+        )
         // Namespace labels decide which policies apply.
         .reconcile_all_on(ns_stream.map(|_| ()))
         .reconcile_all_on(policy_stream)
@@ -157,7 +176,11 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
     // Policy status counts tokens in every namespace, so only an operator that watches every
     // namespace writes it (a namespace-scoped one would undercount and fight the others).
     let policy_task = match &settings.watch_namespace {
-        None => tokio::spawn(policy_status::run(client.clone(), policies.clone(), namespaces.clone())),
+        None => tokio::spawn(policy_status::run(
+            client.clone(),
+            policies.clone(),
+            namespaces.clone(),
+        )),
         Some(_) => tokio::spawn(future::pending::<()>()),
     };
 
@@ -213,7 +236,9 @@ async fn serve_health(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(HealthState { metrics, ready });
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -233,7 +258,10 @@ async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
 
 async fn metrics_text(State(state): State<HealthState>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

@@ -14,7 +14,7 @@ use kube::{
     Api,
     api::{ListParams, PostParams},
 };
-use patrol_api::v1alpha1::{Phase, PersonalAccessToken};
+use patrol_api::v1alpha1::{PersonalAccessToken, Phase};
 use patrol_e2e::{
     TestCluster, TestNamespace,
     operator::{Operator, OperatorOptions},
@@ -24,7 +24,10 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let count: usize = std::env::var("PATROL_BENCH_PATS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    let count: usize = std::env::var("PATROL_BENCH_PATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
     let cluster = TestCluster::shared()?;
     cluster.install_crds().await?;
     let ns = TestNamespace::create(cluster, "bench").await?;
@@ -32,7 +35,16 @@ async fn main() -> Result<()> {
     let args = std::env::var("PATROL_BENCH_OPERATOR_ARGS")
         .map(|a| a.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default();
-    let op = Operator::start(cluster, &ns, &records, OperatorOptions { release: true, args, ..Default::default() })?;
+    let op = Operator::start(
+        cluster,
+        &ns,
+        &records,
+        OperatorOptions {
+            release: true,
+            args,
+            ..Default::default()
+        },
+    )?;
     let idle_rss = {
         tokio::time::sleep(Duration::from_secs(2)).await;
         peak_rss_kib(op.process.id()).unwrap_or_default()
@@ -63,14 +75,21 @@ async fn main() -> Result<()> {
     let mut last = 0;
     loop {
         let list = pats.list(&ListParams::default()).await?;
-        let active = list.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)).count();
+        let active = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active))
+            .count();
         if active != last {
             last = active;
         }
         if active == count {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {active}/{count} Active after 15 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {active}/{count} Active after 15 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let all_active = started.elapsed();
@@ -78,9 +97,19 @@ async fn main() -> Result<()> {
     println!("operator scale benchmark (release build, argon2id m=19456 t=2 p=1, concurrency 8)");
     println!("  PATs:                     {count}");
     println!("  created in:               {:.1} s", created.as_secs_f64());
-    println!("  all Active after:         {:.1} s", all_active.as_secs_f64());
-    println!("  throughput:               {:.1} PATs/s", count as f64 / all_active.as_secs_f64());
-    println!("  operator RSS idle/peak:   {:.1} MiB / {:.1} MiB", idle_rss as f64 / 1024.0, peak as f64 / 1024.0);
+    println!(
+        "  all Active after:         {:.1} s",
+        all_active.as_secs_f64()
+    );
+    println!(
+        "  throughput:               {:.1} PATs/s",
+        count as f64 / all_active.as_secs_f64()
+    );
+    println!(
+        "  operator RSS idle/peak:   {:.1} MiB / {:.1} MiB",
+        idle_rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
     Ok(())
 }
 

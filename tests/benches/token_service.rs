@@ -61,7 +61,10 @@ struct Settings {
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 impl Settings {
@@ -82,7 +85,9 @@ impl Settings {
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -133,7 +138,15 @@ impl Bench {
         cluster.install_crds().await?;
         let ns = TestNamespace::create(cluster, "bench-ts").await?;
         let records = TestNamespace::create(cluster, "bench-ts-rec").await?;
-        let operator = Operator::start(cluster, &ns, &records, OperatorOptions { release: true, ..Default::default() })?;
+        let operator = Operator::start(
+            cluster,
+            &ns,
+            &records,
+            OperatorOptions {
+                release: true,
+                ..Default::default()
+            },
+        )?;
         let port = process::free_port()?;
         let webhook_url = format!("https://127.0.0.1:{port}");
         let args: Vec<String> = [
@@ -157,7 +170,13 @@ impl Bench {
         .map(|s| (*s).to_owned())
         .collect();
         let env = [("RUST_LOG".to_owned(), "warn".to_owned())];
-        let webhook = Process::spawn(cluster, "bench-webhook", &process::release_binary("patrol-webhook")?, &args, &env)?;
+        let webhook = Process::spawn(
+            cluster,
+            "bench-webhook",
+            &process::release_binary("patrol-webhook")?,
+            &args,
+            &env,
+        )?;
         let bench = Self {
             cluster,
             ns,
@@ -165,7 +184,10 @@ impl Bench {
             operator,
             webhook,
             webhook_url,
-            apiserver_url: format!("https://127.0.0.1:{}", cluster.var("PATROL_APISERVER_PORT")?),
+            apiserver_url: format!(
+                "https://127.0.0.1:{}",
+                cluster.var("PATROL_APISERVER_PORT")?
+            ),
             ca: PathBuf::from(cluster.var("PATROL_CA")?),
             settings,
         };
@@ -177,13 +199,18 @@ impl Bench {
         let client = self.webhook_client(1)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let request = Request::get(format!("{}/readyz", self.webhook_url)).body(Full::new(Bytes::new()))?;
+            let request = Request::get(format!("{}/readyz", self.webhook_url))
+                .body(Full::new(Bytes::new()))?;
             if let Ok(r) = client.request(request).await
                 && r.status() == StatusCode::OK
             {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "patrol-webhook not ready after 60 s:\n{}", self.webhook.output());
+            ensure!(
+                Instant::now() < deadline,
+                "patrol-webhook not ready after 60 s:\n{}",
+                self.webhook.output()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -195,12 +222,20 @@ impl Bench {
     fn apiserver_client(&self, connections: usize) -> Result<HttpsClient> {
         let dir = PathBuf::from(self.cluster.var("PATROL_CLUSTER_DIR")?).join("pki");
         let (cert, key) = (dir.join("admin.crt"), dir.join("admin.key"));
-        load::https_client(&self.ca, Some(ClientCert { cert: &cert, key: &key }), connections)
+        load::https_client(
+            &self.ca,
+            Some(ClientCert {
+                cert: &cert,
+                key: &key,
+            }),
+            connections,
+        )
     }
 
     /// Creates PATs through the operator and returns their plaintext tokens.
     async fn issue_pats(&self, prefix: &str, count: usize) -> Result<Vec<(String, String)>> {
-        let pats: Api<PersonalAccessToken> = Api::namespaced(self.cluster.client().await?, &self.ns.name);
+        let pats: Api<PersonalAccessToken> =
+            Api::namespaced(self.cluster.client().await?, &self.ns.name);
         for i in 0..count {
             let pat: PersonalAccessToken = serde_json::from_value(json!({
                 "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
@@ -219,8 +254,14 @@ impl Bench {
         for i in 0..count {
             let name = format!("{prefix}-{i}");
             let pat = wait_for_phase(&pats, &name, Phase::Active, Duration::from_secs(120)).await?;
-            let secret = pat.status.and_then(|s| s.secret_ref).map(|r| r.name).context("no secretRef")?;
-            let token = delivered_token(self.cluster, &self.ns.name, &secret).await?.context("no token Secret")?;
+            let secret = pat
+                .status
+                .and_then(|s| s.secret_ref)
+                .map(|r| r.name)
+                .context("no secretRef")?;
+            let token = delivered_token(self.cluster, &self.ns.name, &secret)
+                .await?
+                .context("no token Secret")?;
             tokens.push((name, token));
         }
         Ok(tokens)
@@ -230,17 +271,26 @@ impl Bench {
     async fn wait_accepted(&self, client: &HttpsClient, token: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.reviewed(client, token).await? {
-            ensure!(Instant::now() < deadline, "the webhook never accepted a fresh token");
+            ensure!(
+                Instant::now() < deadline,
+                "the webhook never accepted a fresh token"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
     }
 
     async fn reviewed(&self, client: &HttpsClient, token: &str) -> Result<bool> {
-        let request = post(&format!("{}/authenticate", self.webhook_url), "application/json", token_review_body(token));
+        let request = post(
+            &format!("{}/authenticate", self.webhook_url),
+            "application/json",
+            token_review_body(token),
+        );
         let response = client.request(request).await?;
         let status = response.status();
-        let body = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await?
+            .to_bytes();
         ensure!(status == StatusCode::OK, "TokenReview answered {status}");
         Ok(authenticated(status, &body))
     }
@@ -251,7 +301,15 @@ impl Bench {
         let sas: Api<ServiceAccount> = Api::namespaced(client, &self.ns.name);
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         sas.create(&PostParams::default(), &sa).await?;
-        let out = self.cluster.kubectl_ok(&["create", "token", name, "-n", &self.ns.name, "--duration", "1h"])?;
+        let out = self.cluster.kubectl_ok(&[
+            "create",
+            "token",
+            name,
+            "-n",
+            &self.ns.name,
+            "--duration",
+            "1h",
+        ])?;
         Ok(out.trim().to_owned())
     }
 
@@ -260,7 +318,14 @@ impl Bench {
         M: Fn() -> Request<Full<Bytes>> + Send + Sync + 'static,
         C: Fn(StatusCode, &Bytes) -> bool + Send + Sync + 'static,
     {
-        load::run(client, self.settings.connections, self.settings.duration(), make, check).await
+        load::run(
+            client,
+            self.settings.connections,
+            self.settings.duration(),
+            make,
+            check,
+        )
+        .await
     }
 }
 
@@ -272,7 +337,10 @@ struct Row {
 
 impl Row {
     fn new(label: &'static str) -> Self {
-        Self { label, runs: Vec::new() }
+        Self {
+            label,
+            runs: Vec::new(),
+        }
     }
 
     fn median(&self) -> &LoadStats {
@@ -282,7 +350,10 @@ impl Row {
 
 fn print_table(title: &str, rows: &[&Row], baseline: &Row) {
     println!("\n{title}");
-    println!("  {:<58} {:>10} {:>9} {:>9} {:>8}", "", "req/s", "p50 ms", "p99 ms", "ratio");
+    println!(
+        "  {:<58} {:>10} {:>9} {:>9} {:>8}",
+        "", "req/s", "p50 ms", "p99 ms", "ratio"
+    );
     for row in rows {
         let m = row.median();
         let ratio = m.per_second() / baseline.median().per_second();
@@ -298,7 +369,11 @@ fn print_table(title: &str, rows: &[&Row], baseline: &Row) {
     let all: Vec<String> = rows
         .iter()
         .map(|r| {
-            let per_run: Vec<String> = r.runs.iter().map(|s| format!("{:.0}", s.per_second())).collect();
+            let per_run: Vec<String> = r
+                .runs
+                .iter()
+                .map(|s| format!("{:.0}", s.per_second()))
+                .collect();
             format!("{}: [{}]", r.label, per_run.join(", "))
         })
         .collect();
@@ -309,7 +384,16 @@ fn print_table(title: &str, rows: &[&Row], baseline: &Row) {
 /// an HMAC-keyed map of `users` entries. The ceiling a cached validation is compared with.
 struct BareServer {
     url: String,
-    _runtime: tokio::runtime::Runtime,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for BareServer {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async context forbids.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 struct BareState {
@@ -317,13 +401,18 @@ struct BareState {
     users: HashMap<[u8; 32], String>,
 }
 
-async fn bare_review(State(state): State<Arc<BareState>>, Json(review): Json<Value>) -> Json<Value> {
+async fn bare_review(
+    State(state): State<Arc<BareState>>,
+    Json(review): Json<Value>,
+) -> Json<Value> {
     let token = review["spec"]["token"].as_str().unwrap_or_default();
     let tag = ring::hmac::sign(&state.key, token.as_bytes());
     let mut mac = [0u8; 32];
     mac.copy_from_slice(tag.as_ref());
     let status = match state.users.get(&mac) {
-        Some(user) => json!({"authenticated": true, "user": {"username": user, "groups": ["bench-team"]}}),
+        Some(user) => {
+            json!({"authenticated": true, "user": {"username": user, "groups": ["bench-team"]}})
+        }
         None => json!({"authenticated": false}),
     };
     Json(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}))
@@ -344,8 +433,14 @@ impl BareServer {
             insert(&format!("bare-token-{i}"), format!("user-{i}"));
         }
         insert(known_token, "bench@example.com".into());
-        let state = Arc::new(BareState { key: hmac_key, users: map });
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let state = Arc::new(BareState {
+            key: hmac_key,
+            users: map,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let port = process::free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let (cert, key) = (cert.to_owned(), key.to_owned());
@@ -359,12 +454,19 @@ impl BareServer {
                     return;
                 }
             };
-            let app = Router::new().route("/authenticate", routing::post(bare_review)).with_state(state);
+            let app = Router::new()
+                .route("/authenticate", routing::post(bare_review))
+                .with_state(state);
             let _ = ready_tx.send(Ok(()));
-            let _ = axum_server::bind_rustls(addr, tls).serve(app.into_make_service()).await;
+            let _ = axum_server::bind_rustls(addr, tls)
+                .serve(app.into_make_service())
+                .await;
         });
         ready_rx.recv_timeout(Duration::from_secs(10))??;
-        Ok(Self { url: format!("https://127.0.0.1:{port}"), _runtime: runtime })
+        Ok(Self {
+            url: format!("https://127.0.0.1:{port}"),
+            runtime: Some(runtime),
+        })
     }
 }
 
@@ -391,15 +493,45 @@ async fn token_review(bench: &Bench, token: &str, sa_token: &str, flood_token: &
     let sa_body = token_review_body(sa_token);
     for run in 1..=s.runs {
         eprintln!("[bench] TokenReview run {run}/{}", s.runs);
-        let (url, body) = (format!("{}/authenticate", bench.webhook_url), patrol_body.clone());
-        patrol.runs.push(bench.load(&webhook, move || post(&url, "application/json", body.clone()), authenticated).await?);
+        let (url, body) = (
+            format!("{}/authenticate", bench.webhook_url),
+            patrol_body.clone(),
+        );
+        patrol.runs.push(
+            bench
+                .load(
+                    &webhook,
+                    move || post(&url, "application/json", body.clone()),
+                    authenticated,
+                )
+                .await?,
+        );
 
-        let url = format!("{}/apis/authentication.k8s.io/v1/tokenreviews", bench.apiserver_url);
+        let url = format!(
+            "{}/apis/authentication.k8s.io/v1/tokenreviews",
+            bench.apiserver_url
+        );
         let body = sa_body.clone();
-        kube.runs.push(bench.load(&apiserver, move || post(&url, "application/json", body.clone()), authenticated).await?);
+        kube.runs.push(
+            bench
+                .load(
+                    &apiserver,
+                    move || post(&url, "application/json", body.clone()),
+                    authenticated,
+                )
+                .await?,
+        );
 
         let (url, body) = (format!("{}/authenticate", bare.url), patrol_body.clone());
-        ceiling.runs.push(bench.load(&bare_client, move || post(&url, "application/json", body.clone()), authenticated).await?);
+        ceiling.runs.push(
+            bench
+                .load(
+                    &bare_client,
+                    move || post(&url, "application/json", body.clone()),
+                    authenticated,
+                )
+                .await?,
+        );
 
         // (c): a separate client floods cold validations while the cached ones are measured.
         let flood_client = bench.webhook_client(8)?;
@@ -413,13 +545,26 @@ async fn token_review(bench: &Bench, token: &str, sa_token: &str, flood_token: &
                 flood_duration,
                 move || post(&flood_url, "application/json", flood_body.clone()),
                 // Refused after a full verify, or 503 once the argon2 queue is full.
-                |status, body| status == StatusCode::OK && contains(body, br#""authenticated":false"#),
+                |status, body| {
+                    status == StatusCode::OK && contains(body, br#""authenticated":false"#)
+                },
             )
             .await
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (url, body) = (format!("{}/authenticate", bench.webhook_url), patrol_body.clone());
-        flooded.runs.push(bench.load(&webhook, move || post(&url, "application/json", body.clone()), authenticated).await?);
+        let (url, body) = (
+            format!("{}/authenticate", bench.webhook_url),
+            patrol_body.clone(),
+        );
+        flooded.runs.push(
+            bench
+                .load(
+                    &webhook,
+                    move || post(&url, "application/json", body.clone()),
+                    authenticated,
+                )
+                .await?,
+        );
         flood_rate.push(flood.await??.per_second());
     }
     print_table(
@@ -432,11 +577,18 @@ async fn token_review(bench: &Bench, token: &str, sa_token: &str, flood_token: &
         &[&patrol, &ceiling],
         &ceiling,
     );
-    print_table("(c) cached PAT with and without an argon2 flood (ratio vs without)", &[&patrol, &flooded], &patrol);
+    print_table(
+        "(c) cached PAT with and without an argon2 flood (ratio vs without)",
+        &[&patrol, &flooded],
+        &patrol,
+    );
     let p99_ratio = flooded.median().p99_ms() / patrol.median().p99_ms();
     println!("  cached p99 during the flood / without: {p99_ratio:.2}x");
     flood_rate.sort_by(f64::total_cmp);
-    println!("  cold validations refused during the flood (median run): {:.0}/s", flood_rate[flood_rate.len() / 2]);
+    println!(
+        "  cold validations refused during the flood (median run): {:.0}/s",
+        flood_rate[flood_rate.len() / 2]
+    );
     Ok(())
 }
 
@@ -462,22 +614,33 @@ async fn exchange(bench: &Bench, token: &str, sa_name: &str) -> Result<()> {
         let (url, body) = (format!("{}/oauth2/token", bench.webhook_url), form.clone());
         patrol.runs.push(
             bench
-                .load(&webhook, move || post(&url, FORM, body.clone()), |status, body| {
-                    status == StatusCode::OK && contains(body, b"\"access_token\"")
-                })
+                .load(
+                    &webhook,
+                    move || post(&url, FORM, body.clone()),
+                    |status, body| status == StatusCode::OK && contains(body, b"\"access_token\""),
+                )
                 .await?,
         );
-        let url = format!("{}/api/v1/namespaces/{}/serviceaccounts/{sa_name}/token", bench.apiserver_url, bench.ns.name);
+        let url = format!(
+            "{}/api/v1/namespaces/{}/serviceaccounts/{sa_name}/token",
+            bench.apiserver_url, bench.ns.name
+        );
         let body = request_body.clone();
         kube.runs.push(
             bench
-                .load(&apiserver, move || post(&url, "application/json", body.clone()), |status, body| {
-                    status.is_success() && contains(body, b"\"token\"")
-                })
+                .load(
+                    &apiserver,
+                    move || post(&url, "application/json", body.clone()),
+                    |status, body| status.is_success() && contains(body, b"\"token\""),
+                )
                 .await?,
         );
     }
-    print_table("(b) token exchange vs TokenRequest (ratio vs TokenRequest)", &[&patrol, &kube], &kube);
+    print_table(
+        "(b) token exchange vs TokenRequest (ratio vs TokenRequest)",
+        &[&patrol, &kube],
+        &kube,
+    );
     Ok(())
 }
 
@@ -490,15 +653,20 @@ async fn revocation(bench: &Bench) -> Result<()> {
     for (_, token) in &tokens {
         bench.wait_accepted(&client, token).await?;
     }
-    let pats: Api<PersonalAccessToken> = Api::namespaced(bench.cluster.client().await?, &bench.ns.name);
+    let pats: Api<PersonalAccessToken> =
+        Api::namespaced(bench.cluster.client().await?, &bench.ns.name);
     let (mut by_revoke, mut by_delete) = (Vec::new(), Vec::new());
     for (i, (name, token)) in tokens.iter().enumerate() {
         // Still cached: the measurement includes evicting the cached answer.
-        ensure!(bench.reviewed(&client, token).await?, "{name} is not accepted before revocation");
+        ensure!(
+            bench.reviewed(&client, token).await?,
+            "{name} is not accepted before revocation"
+        );
         let started = Instant::now();
         if i % 2 == 0 {
             let patch = json!({"spec": {"revoked": true}});
-            pats.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            pats.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
         } else {
             pats.delete(name, &DeleteParams::default()).await?;
         }
@@ -512,12 +680,23 @@ async fn revocation(bench: &Bench) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let took = started.elapsed();
-        if i % 2 == 0 { by_revoke.push(took) } else { by_delete.push(took) }
+        if i % 2 == 0 {
+            by_revoke.push(took)
+        } else {
+            by_delete.push(took)
+        }
     }
     let mut all: Vec<Duration> = by_revoke.iter().chain(&by_delete).copied().collect();
     println!("\n(d) revocation latency: the write returns -> the webhook refuses the cached token");
-    println!("  {:<30} {:>8} {:>9} {:>9} {:>9}", "", "samples", "p50 ms", "p99 ms", "max ms");
-    for (label, samples) in [("spec.revoked: true", &mut by_revoke), ("delete", &mut by_delete), ("all", &mut all)] {
+    println!(
+        "  {:<30} {:>8} {:>9} {:>9} {:>9}",
+        "", "samples", "p50 ms", "p99 ms", "max ms"
+    );
+    for (label, samples) in [
+        ("spec.revoked: true", &mut by_revoke),
+        ("delete", &mut by_delete),
+        ("all", &mut all),
+    ] {
         println!(
             "  {label:<30} {:>8} {:>9.0} {:>9.0} {:>9.0}",
             samples.len(),
@@ -543,7 +722,10 @@ fn forge_wrong_secret(token: &str) -> String {
         sum /= 62;
     }
     let forged = format!("{body}{}", String::from_utf8_lossy(&check));
-    assert!(token::parse(&forged).is_ok(), "the forged token must be well-formed");
+    assert!(
+        token::parse(&forged).is_ok(),
+        "the forged token must be well-formed"
+    );
     forged
 }
 
@@ -573,7 +755,10 @@ async fn main() -> Result<()> {
     ensure!(bench.operator.process.id() > 0, "operator running");
     let log = bench.webhook.output();
     for (_, token) in &tokens {
-        ensure!(!log.contains(token.as_str()), "a token reached the webhook's log");
+        ensure!(
+            !log.contains(token.as_str()),
+            "a token reached the webhook's log"
+        );
     }
     Ok(())
 }

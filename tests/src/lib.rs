@@ -60,11 +60,19 @@ impl TestCluster {
 
     fn start() -> Result<TestCluster> {
         if std::env::var("PATROL_USE_EXISTING_CLUSTER").as_deref() == Ok("1") {
-            let kubeconfig = std::env::var("KUBECONFIG").context("PATROL_USE_EXISTING_CLUSTER=1 needs KUBECONFIG")?;
-            return Ok(TestCluster { kubeconfig: kubeconfig.into(), env: BTreeMap::new() });
+            let kubeconfig = std::env::var("KUBECONFIG")
+                .context("PATROL_USE_EXISTING_CLUSTER=1 needs KUBECONFIG")?;
+            return Ok(TestCluster {
+                kubeconfig: kubeconfig.into(),
+                env: BTreeMap::new(),
+            });
         }
         let script = repo_root().join("hack/cluster.sh");
-        let out = Command::new("bash").arg(&script).arg("up").output().context("running hack/cluster.sh up")?;
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .output()
+            .context("running hack/cluster.sh up")?;
         ensure!(
             out.status.success(),
             "hack/cluster.sh up failed:\n{}",
@@ -83,30 +91,40 @@ impl TestCluster {
 
     /// A variable `hack/cluster.sh` recorded, such as `PATROL_WEBHOOK_PORT`.
     pub fn var(&self, name: &str) -> Result<&str> {
-        self.env
-            .get(name)
-            .map(String::as_str)
-            .with_context(|| format!("{name} is not set for this cluster (an existing cluster has none)"))
+        self.env.get(name).map(String::as_str).with_context(|| {
+            format!("{name} is not set for this cluster (an existing cluster has none)")
+        })
     }
 
     /// Stops kube-apiserver, waits `down` seconds and starts it again (etcd keeps the state).
     pub fn restart_apiserver(&self, down: u64) -> Result<()> {
         let script = repo_root().join("hack/cluster.sh");
-        let out = Command::new("bash").arg(&script).args(["restart-apiserver", &down.to_string()]).output()?;
-        ensure!(out.status.success(), "restart-apiserver failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg(&script)
+            .args(["restart-apiserver", &down.to_string()])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "restart-apiserver failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 
     /// A client with the admin credentials.
     pub async fn client(&self) -> Result<Client> {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         Ok(Client::try_from(config)?)
     }
 
     /// The `kubectl` matching the control plane (the machine's own may be far older).
     pub fn kubectl(&self) -> Command {
-        let bin = self.env.get("PATROL_BIN").map(|b| Path::new(b).join("kubectl"));
+        let bin = self
+            .env
+            .get("PATROL_BIN")
+            .map(|b| Path::new(b).join("kubectl"));
         let mut cmd = Command::new(bin.unwrap_or_else(|| "kubectl".into()));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
         cmd
@@ -114,9 +132,17 @@ impl TestCluster {
 
     /// Runs kubectl and returns stdout, failing with stderr when it exits non-zero.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.kubectl().args(args).output().context("running kubectl")?;
+        let out = self
+            .kubectl()
+            .args(args)
+            .output()
+            .context("running kubectl")?;
         if !out.status.success() {
-            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?)
     }
@@ -130,7 +156,9 @@ impl TestCluster {
         for (_, yaml) in patrol_api::crd::all()? {
             let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml)?;
             let name = crd.name_any();
-            crds.patch(&name, &params, &Patch::Apply(&crd)).await.with_context(|| format!("applying CRD {name}"))?;
+            crds.patch(&name, &params, &Patch::Apply(&crd))
+                .await
+                .with_context(|| format!("applying CRD {name}"))?;
             names.push(name);
         }
         for name in names {
@@ -162,8 +190,13 @@ impl TestNamespace {
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"patrol.dev/e2e": "true"}}
         }))?;
-        api.create(&PostParams::default(), &ns).await.with_context(|| format!("creating namespace {name}"))?;
-        Ok(Self { name, cluster: cluster.clone() })
+        api.create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(Self {
+            name,
+            cluster: cluster.clone(),
+        })
     }
 }
 
@@ -171,7 +204,11 @@ impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Synchronous, so it runs even as the test's runtime shuts down; the namespace
         // controller finishes the deletion in the background.
-        let _ = self.cluster.kubectl().args(["delete", "namespace", &self.name, "--wait=false"]).output();
+        let _ = self
+            .cluster
+            .kubectl()
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .output();
     }
 }
 

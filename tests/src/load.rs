@@ -29,23 +29,36 @@ pub struct ClientCert<'a> {
 }
 
 /// An HTTP/1.1 client trusting `ca`, with up to `connections` pooled connections.
-pub fn https_client(ca: &Path, cert: Option<ClientCert<'_>>, connections: usize) -> Result<HttpsClient> {
+pub fn https_client(
+    ca: &Path,
+    cert: Option<ClientCert<'_>>,
+    connections: usize,
+) -> Result<HttpsClient> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+    for c in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
         roots.add(c?)?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
     let tls = match cert {
         Some(c) => {
             let chain = CertificateDer::pem_file_iter(c.cert)?.collect::<Result<Vec<_>, _>>()?;
-            let key = PrivateKeyDer::from_pem_file(c.key).with_context(|| format!("reading {}", c.key.display()))?;
+            let key = PrivateKeyDer::from_pem_file(c.key)
+                .with_context(|| format!("reading {}", c.key.display()))?;
             builder.with_client_auth_cert(chain, key)?
         }
         None => builder.with_no_client_auth(),
     };
-    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
     Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(connections)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -88,7 +101,13 @@ impl LoadStats {
 /// Sends requests from `make` over `connections` concurrent loops for `duration`.
 /// A request counts as successful when `check` accepts its status and body; failures are
 /// counted, and the first one is returned as an error when more than 1% of requests fail.
-pub async fn run<M, C>(client: &HttpsClient, connections: usize, duration: Duration, make: M, check: C) -> Result<LoadStats>
+pub async fn run<M, C>(
+    client: &HttpsClient,
+    connections: usize,
+    duration: Duration,
+    make: M,
+    check: C,
+) -> Result<LoadStats>
 where
     M: Fn() -> Request<Full<Bytes>> + Send + Sync + 'static,
     C: Fn(StatusCode, &Bytes) -> bool + Send + Sync + 'static,
@@ -117,11 +136,14 @@ where
                 .await;
                 match outcome {
                     Ok((status, body)) if check(status, &body) => {
-                        latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                        latencies
+                            .push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
                     }
                     Ok((status, body)) => {
                         failures += 1;
-                        first_failure.get_or_insert_with(|| format!("{status}: {}", String::from_utf8_lossy(&body)));
+                        first_failure.get_or_insert_with(|| {
+                            format!("{status}: {}", String::from_utf8_lossy(&body))
+                        });
                     }
                     Err(e) => {
                         failures += 1;
@@ -151,7 +173,12 @@ where
             first_failure.unwrap_or_default()
         );
     }
-    Ok(LoadStats { requests, failures, elapsed, latencies_us })
+    Ok(LoadStats {
+        requests,
+        failures,
+        elapsed,
+        latencies_us,
+    })
 }
 
 async fn warm_up<M>(client: &HttpsClient, connections: usize, make: &Arc<M>) -> Result<()>
@@ -195,7 +222,12 @@ mod tests {
     use super::*;
 
     fn stats(latencies_us: Vec<u32>, secs: u64) -> LoadStats {
-        LoadStats { requests: latencies_us.len() as u64, failures: 0, elapsed: Duration::from_secs(secs), latencies_us }
+        LoadStats {
+            requests: latencies_us.len() as u64,
+            failures: 0,
+            elapsed: Duration::from_secs(secs),
+            latencies_us,
+        }
     }
 
     #[test]
@@ -209,14 +241,22 @@ mod tests {
 
     #[test]
     fn the_median_run_is_the_middle_throughput() {
-        let runs = vec![stats(vec![1; 30], 1), stats(vec![1; 10], 1), stats(vec![1; 20], 1)];
+        let runs = vec![
+            stats(vec![1; 30], 1),
+            stats(vec![1; 10], 1),
+            stats(vec![1; 20], 1),
+        ];
         assert_eq!(median_run(&runs).map(|r| r.requests), Some(20));
         assert!(median_run(&[]).is_none());
     }
 
     #[test]
     fn sample_quantiles_sort_first() {
-        let mut samples = vec![Duration::from_millis(30), Duration::from_millis(10), Duration::from_millis(20)];
+        let mut samples = vec![
+            Duration::from_millis(30),
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        ];
         assert_eq!(sample_quantile_ms(&mut samples, 0.5), 20.0);
         assert_eq!(sample_quantile_ms(&mut samples, 1.0), 30.0);
     }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::ListParams};
 use patrol_api::{
     record::{self, TokenRecord},
-    v1alpha1::{Phase, PersonalAccessToken},
+    v1alpha1::{PersonalAccessToken, Phase},
 };
 
 use crate::{
@@ -39,8 +39,17 @@ pub struct Operator {
 
 impl Operator {
     /// Starts an operator that watches `watch` and keeps records in `records`.
-    pub fn start(cluster: &TestCluster, watch: &TestNamespace, records: &TestNamespace, options: OperatorOptions) -> Result<Self> {
-        let bin = if options.release { process::release_binary("patrol-operator")? } else { process::binary("patrol-operator")? };
+    pub fn start(
+        cluster: &TestCluster,
+        watch: &TestNamespace,
+        records: &TestNamespace,
+        options: OperatorOptions,
+    ) -> Result<Self> {
+        let bin = if options.release {
+            process::release_binary("patrol-operator")?
+        } else {
+            process::binary("patrol-operator")?
+        };
         let metrics_port = process::free_port()?;
         let mut args = vec![
             "--namespace".to_owned(),
@@ -61,13 +70,20 @@ impl Operator {
         }
         args.extend(options.args.iter().cloned());
         let process = Process::spawn(cluster, "patrol-operator", &bin, &args, &options.env)?;
-        Ok(Self { process, metrics_port, records_namespace: records.name.clone() })
+        Ok(Self {
+            process,
+            metrics_port,
+            records_namespace: records.name.clone(),
+        })
     }
 
     /// The operator's /metrics text.
     pub async fn metrics(&self) -> Result<String> {
         let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        let out = tokio::process::Command::new("curl").args(["-fsS", "--max-time", "2", &url]).output().await?;
+        let out = tokio::process::Command::new("curl")
+            .args(["-fsS", "--max-time", "2", &url])
+            .output()
+            .await?;
         if !out.status.success() {
             bail!("GET {url} failed");
         }
@@ -76,19 +92,29 @@ impl Operator {
 
     /// Whether this operator currently leads (per its metrics).
     pub async fn is_leader(&self) -> bool {
-        self.metrics().await.is_ok_and(|m| m.lines().any(|l| l.trim() == "patrol_operator_leader 1"))
+        self.metrics()
+            .await
+            .is_ok_and(|m| m.lines().any(|l| l.trim() == "patrol_operator_leader 1"))
     }
 }
 
 /// Waits until the PAT reaches `phase`, returning it.
-pub async fn wait_for_phase(api: &Api<PersonalAccessToken>, name: &str, phase: Phase, timeout: Duration) -> Result<PersonalAccessToken> {
+pub async fn wait_for_phase(
+    api: &Api<PersonalAccessToken>,
+    name: &str,
+    phase: Phase,
+    timeout: Duration,
+) -> Result<PersonalAccessToken> {
     crate::eventually(timeout, || async {
         let pat = api.get(name).await?;
         let now = pat.status.as_ref().and_then(|s| s.phase);
         if now == Some(phase) {
             Ok(pat)
         } else {
-            bail!("{name} is {now:?}, waiting for {phase:?}; status: {:?}", pat.status)
+            bail!(
+                "{name} is {now:?}, waiting for {phase:?}; status: {:?}",
+                pat.status
+            )
         }
     })
     .await
@@ -96,7 +122,11 @@ pub async fn wait_for_phase(api: &Api<PersonalAccessToken>, name: &str, phase: P
 }
 
 /// The token records (in `records_namespace`) that belong to a PAT uid.
-pub async fn records_for(cluster: &TestCluster, records_namespace: &str, pat_uid: &str) -> Result<Vec<TokenRecord>> {
+pub async fn records_for(
+    cluster: &TestCluster,
+    records_namespace: &str,
+    pat_uid: &str,
+) -> Result<Vec<TokenRecord>> {
     let api: Api<Secret> = Api::namespaced(cluster.client().await?, records_namespace);
     let selector = format!("{},{}={pat_uid}", record::selector(), record::PAT_UID_LABEL);
     api.list(&ListParams::default().labels(&selector))
@@ -108,11 +138,18 @@ pub async fn records_for(cluster: &TestCluster, records_namespace: &str, pat_uid
 }
 
 /// The plaintext token in a delivered Secret.
-pub async fn delivered_token(cluster: &TestCluster, namespace: &str, secret: &str) -> Result<Option<String>> {
+pub async fn delivered_token(
+    cluster: &TestCluster,
+    namespace: &str,
+    secret: &str,
+) -> Result<Option<String>> {
     let api: Api<Secret> = Api::namespaced(cluster.client().await?, namespace);
     Ok(match api.get_opt(secret).await? {
         Some(s) => {
-            let bytes = s.data.and_then(|d| d.get("token").cloned()).context("Secret has no token key")?;
+            let bytes = s
+                .data
+                .and_then(|d| d.get("token").cloned())
+                .context("Secret has no token key")?;
             Some(String::from_utf8(bytes.0)?)
         }
         None => None,

@@ -25,15 +25,20 @@ pub fn release_binary(name: &str) -> Result<PathBuf> {
 fn build(name: &str, release: bool) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<Vec<(String, bool)>>> = OnceLock::new();
     let built = BUILT.get_or_init(Mutex::default);
-    let mut built = built.lock().map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
+    let mut built = built
+        .lock()
+        .map_err(|_| anyhow::anyhow!("build lock poisoned"))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    let path = target.join(if release { "release" } else { "debug" }).join(name);
+    let path = target
+        .join(if release { "release" } else { "debug" })
+        .join(name);
     if !built.iter().any(|(b, r)| b == name && *r == release) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bin", name]).current_dir(repo_root());
+        cmd.args(["build", "--quiet", "--bin", name])
+            .current_dir(repo_root());
         if release {
             cmd.arg("--release");
         }
@@ -76,14 +81,21 @@ impl Process {
         let child = Command::new(bin)
             .args(args)
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", std::env::var("PATROL_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PATROL_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { name: name.to_owned(), child, log })
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
     }
 
     pub fn id(&self) -> u32 {
@@ -113,7 +125,11 @@ impl Process {
                 return Ok(status);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{} still running after {timeout:?}; log:\n{}", self.name, self.output());
+                bail!(
+                    "{} still running after {timeout:?}; log:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -129,7 +145,12 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- log of {} ({}) ---\n{}", self.name, self.log.display(), tail(&self.output(), 60));
+            eprintln!(
+                "--- log of {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.output(), 60)
+            );
         }
     }
 }

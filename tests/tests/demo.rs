@@ -30,7 +30,10 @@ fn the_demo_runs_a_token_through_its_whole_life() -> Result<()> {
     ensure!(out.status.success(), "the demo failed:\n{stderr}");
 
     let expect = |needle: &str, what: &str| {
-        assert!(stdout.contains(needle), "the demo never showed {what} ({needle:?})");
+        assert!(
+            stdout.contains(needle),
+            "the demo never showed {what} ({needle:?})"
+        );
     };
     expect("\"forever\" is invalid", "the policy refusing a token");
     expect("spec.expiration", "which field broke the policy");
@@ -40,15 +43,30 @@ fn the_demo_runs_a_token_through_its_whole_life() -> Result<()> {
     expect("patrol:scope:read:pods", "the scope group");
     expect("\"access_token\"", "the exchange answer");
     expect("\"iss\"", "PyJWT's verified claims");
-    expect("system:serviceaccount:patrol-demo:report-builder", "the actor in the workload's JWT");
-    expect("invalid_request", "the workload's PAT refused without its actor");
+    expect(
+        "system:serviceaccount:patrol-demo:report-builder",
+        "the actor in the workload's JWT",
+    );
+    expect(
+        "invalid_request",
+        "the workload's PAT refused without its actor",
+    );
     expect("\"active\": true", "introspection of a live PAT");
     expect("Revoked", "the token revoked");
     expect("PAT: {\"active\":false}", "introspection after revocation");
-    expect("JWT: {\"active\":false}", "the derived JWT inactive after revocation");
+    expect(
+        "JWT: {\"active\":false}",
+        "the derived JWT inactive after revocation",
+    );
     expect("invalid_grant", "exchange refused after revocation");
     expect("no token", "the log scan");
-    expect("refused", "kubectl refused once the apiserver cache ran out");
-    ensure!(!stdout.contains("a revoked PAT still works"), "revocation did not take");
+    expect(
+        "refused",
+        "kubectl refused once the apiserver cache ran out",
+    );
+    ensure!(
+        !stdout.contains("a revoked PAT still works"),
+        "revocation did not take"
+    );
     Ok(())
 }

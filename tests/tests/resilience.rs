@@ -15,7 +15,7 @@ use kube::{
 };
 use patrol_api::{
     token::{self, TokenHasher},
-    v1alpha1::{Phase, PersonalAccessToken},
+    v1alpha1::{PersonalAccessToken, Phase},
 };
 use patrol_e2e::{
     TestCluster, TestNamespace, eventually,
@@ -61,7 +61,9 @@ async fn apiserver_restart_mid_reconcile_converges() -> Result<()> {
     for name in &names {
         let active = wait_for_phase(&pats, name, Phase::Active, Duration::from_secs(60)).await?;
         let uid = active.uid().unwrap_or_default();
-        let plaintext = delivered_token(cluster, &ns.name, &format!("{name}-token")).await?.expect("delivered");
+        let plaintext = delivered_token(cluster, &ns.name, &format!("{name}-token"))
+            .await?
+            .expect("delivered");
         let parsed = token::parse(&plaintext)?;
         let recs = eventually(Duration::from_secs(10), || async {
             let recs = records_for(cluster, &records.name, &uid).await?;
@@ -70,11 +72,17 @@ async fn apiserver_restart_mid_reconcile_converges() -> Result<()> {
         })
         .await?;
         assert_eq!(recs[0].token_id, parsed.id().as_str(), "{name}");
-        assert!(TokenHasher::default().verify(&parsed, &recs[0].hash), "{name}: delivered token verifies");
+        assert!(
+            TokenHasher::default().verify(&parsed, &recs[0].hash),
+            "{name}: delivered token verifies"
+        );
         println!("{name} converged at {:?}", t.elapsed());
     }
     let mut op = op;
-    assert!(op.process.running(), "the operator survived the apiserver restart");
+    assert!(
+        op.process.running(),
+        "the operator survived the apiserver restart"
+    );
     Ok(())
 }
 
@@ -94,15 +102,27 @@ async fn a_malformed_object_does_not_stall_the_watch() -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd_name = "personalaccesstokens.patrol.dev";
     let path = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/secret/properties/retention/enum";
-    crds.patch(crd_name, &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(json!([{"op": "remove", "path": path}]))?))
-        .await?;
-    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("patrol.dev", "v1alpha1", "PersonalAccessToken"), "personalaccesstokens");
+    crds.patch(
+        crd_name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(serde_json::from_value(
+            json!([{"op": "remove", "path": path}]),
+        )?),
+    )
+    .await?;
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("patrol.dev", "v1alpha1", "PersonalAccessToken"),
+        "personalaccesstokens",
+    );
     let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &resource);
     let bad: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken", "metadata": {"name": "bad"},
         "spec": {"displayName": "bad", "owner": {"username": "alice"}, "secret": {"retention": "Forever"}},
     }))?;
-    let created = eventually(Duration::from_secs(10), || async { Ok(dynamic.create(&PostParams::default(), &bad).await?) }).await;
+    let created = eventually(Duration::from_secs(10), || async {
+        Ok(dynamic.create(&PostParams::default(), &bad).await?)
+    })
+    .await;
     cluster.install_crds().await?;
     created?;
 
@@ -112,7 +132,10 @@ async fn a_malformed_object_does_not_stall_the_watch() -> Result<()> {
     wait_for_phase(&pats, "good", Phase::Active, Duration::from_secs(20)).await?;
     let log = eventually(Duration::from_secs(5), || async {
         let log = _op.process.output();
-        ensure!(log.contains("skipping malformed PersonalAccessToken"), "not logged yet");
+        ensure!(
+            log.contains("skipping malformed PersonalAccessToken"),
+            "not logged yet"
+        );
         Ok(log)
     })
     .await?;

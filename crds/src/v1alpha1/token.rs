@@ -153,7 +153,10 @@ pub struct SecretDelivery {
     /// Name of the Secret, in this namespace, that receives the plaintext under key `token`.
     /// Defaults to `<metadata.name>-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: Option<String>,
     /// `OneTime` (default) removes the Secret after the reveal window; `Persistent` keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
