@@ -31,7 +31,7 @@ control-plane: ## Build (once) and cache kube-apiserver, kube-controller-manager
 	@hack/build-control-plane.sh all
 
 .PHONY: crds
-crds: ## Regenerate crds/generated from the Rust types
+crds: ## Regenerate crds/generated and docs/api-reference.md from the Rust types
 	cargo run -q -p patrol-api --bin crdgen
 
 .PHONY: build

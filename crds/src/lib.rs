@@ -5,6 +5,7 @@ pub mod crd;
 pub mod duration;
 pub mod policy;
 pub mod record;
+pub mod reference;
 pub mod time;
 pub mod token;
 pub mod v1alpha1;

@@ -1,4 +1,5 @@
-//! Writes the CRD YAML into a directory (default `crds/generated`), or prints it with `-`.
+//! Writes the CRD YAML into a directory (default `crds/generated`), or prints it with `-`;
+//! with the default directory, also the API reference (`docs/api-reference.md`).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for (name, yaml) in docs {
                 std::fs::write(dir.join(name), yaml)?;
                 eprintln!("wrote {}", dir.join(name).display());
+            }
+            if other.is_none() {
+                let reference = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join(patrol_api::reference::PATH);
+                std::fs::write(&reference, patrol_api::reference::render())?;
+                eprintln!("wrote {}", reference.display());
             }
         }
     }
