@@ -19,5 +19,5 @@ echo "== unit tests"
 cargo test --workspace --lib --bins
 echo "== end-to-end tests (real kube-apiserver + etcd)"
 cargo build --bins   # the binaries the tests run as processes
-cargo test --workspace --test '*' -- --test-threads "${PATROL_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast --test '*' -- --test-threads "${PATROL_TEST_THREADS:-4}"
 [[ -n $started ]] && echo "== stopping the control plane this run started"
