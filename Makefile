@@ -11,7 +11,7 @@ demo: ## Start a local control plane, install Patrol's API and examples, show th
 	@hack/demo.sh
 
 .PHONY: test
-test: ## The whole suite: unit tests, then end-to-end tests on a real apiserver + etcd
+test: ## The whole suite: unit tests, end-to-end tests on the control plane, then on the node (pods)
 	@hack/test.sh
 
 .PHONY: unit
@@ -19,15 +19,19 @@ unit: ## Unit tests only (no control plane)
 	cargo test --workspace --lib --bins
 
 .PHONY: cluster-up
-cluster-up: ## Start the local control plane in the background; print its kubeconfig
+cluster-up: ## Start the local cluster (control plane and node) in the background; print its kubeconfig
 	@hack/cluster.sh up
 
 .PHONY: cluster-down
-cluster-down: ## Stop the local control plane
+cluster-down: ## Stop the local cluster and remove everything it made
 	@hack/cluster.sh down
 
+.PHONY: images
+images: ## Build the patrol-operator and patrol-webhook images (OCI archives in target/images, no daemon)
+	@hack/images.sh patrol
+
 .PHONY: control-plane
-control-plane: ## Build (once) and cache kube-apiserver, kube-controller-manager, kubectl, etcd, helm
+control-plane: ## Build (once) and cache the control plane, the node's binaries, kubectl, etcd, helm, CoreDNS
 	@hack/build-control-plane.sh all
 
 .PHONY: crds
@@ -45,8 +49,8 @@ lint: ## rustfmt and clippy
 
 .PHONY: bench
 bench: ## Token service benchmark: TokenReview, exchange, argon2 flood, revocation, each vs a baseline
-	@hack/ensure-tools.sh && hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench token_service
+	@hack/ensure-tools.sh && PATROL_CLUSTER_NODE=0 hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench token_service
 
 .PHONY: bench-operator
 bench-operator: ## Operator scale benchmark: 1,000 PATs to Active, peak RSS
-	@hack/ensure-tools.sh && hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench operator_scale
+	@hack/ensure-tools.sh && PATROL_CLUSTER_NODE=0 hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench operator_scale

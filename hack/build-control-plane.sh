@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the real control plane from Go modules and caches the binaries outside the clone.
 #
-#   kube-apiserver, kube-controller-manager, kubectl  from k8s.io/kubernetes
+#   kube-apiserver, kube-controller-manager, kubectl,
+#   kube-scheduler, kubelet, kube-proxy               from k8s.io/kubernetes
 #   etcd                                              from go.etcd.io/etcd/server/v3
 #   helm                                              from helm.sh/helm/v3
+#   coredns (the local node's cluster DNS)            from github.com/coredns/coredns
 #
 # k8s.io/kubernetes points its staging modules (k8s.io/api, k8s.io/client-go, ...) at
 # ./staging via replace directives, which Go ignores in a dependency. So we build from a
@@ -27,12 +29,15 @@ need_go() {
   command -v go >/dev/null || { log "go is required (https://go.dev/dl); none on PATH"; exit 1; }
 }
 
-# build_kubernetes: kube-apiserver, kube-controller-manager and kubectl in one go build.
+# The Kubernetes binaries: the control plane, kubectl, and what a node runs.
+kubernetes_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+
+# build_kubernetes: every binary in kubernetes_bins in one go build (they share most packages).
 build_kubernetes() {
   local v=$KUBERNETES_VERSION out="$cache/bin/kubernetes-$KUBERNETES_VERSION"
-  if [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kubectl ]]; then
-    return
-  fi
+  local b have=1
+  for b in "${kubernetes_bins[@]}"; do [[ -x $out/$b ]] || have=; done
+  [[ -n $have ]] && return
   need_go
   local minor=${v#v1.}; minor=${minor%%.*}
   local patch=${v##*.}
@@ -60,12 +65,10 @@ build_kubernetes() {
   for p in $pkg $cgo; do
     ld+=" -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
-  log "building kube-apiserver, kube-controller-manager, kubectl $v (first time: tens of minutes on 2 cores)"
+  log "building ${kubernetes_bins[*]} $v (first time: about 10 minutes on 2 cores)"
   mkdir -p "$out.tmp"
   (cd "$src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ld" -o "$out.tmp/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl)
+    "${kubernetes_bins[@]/#/k8s.io/kubernetes/cmd/}")
   rm -rf "$out"; mv "$out.tmp" "$out"
 }
 
@@ -94,23 +97,59 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
+# CoreDNS with only the plugins a cluster DNS uses (the full build pulls in every cloud
+# provider's SDK): a main package of our own that links coremain and those plugins.
+build_coredns() {
+  local v=$COREDNS_VERSION out="$cache/bin/coredns-$COREDNS_VERSION"
+  [[ -x $out/coredns ]] && return
+  need_go
+  local src="$cache/src/coredns-$v"
+  rm -rf "$src"; mkdir -p "$src"
+  printf 'module patrol.dev/coredns-build\n\ngo %s\n\nrequire github.com/coredns/coredns %s\n' \
+    "$(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//')" "$v" >"$src/go.mod"
+  cat >"$src/main.go" <<'GO'
+// The local node's cluster DNS: CoreDNS linked with the plugins its Corefile uses.
+package main
+
+import (
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func main() { coremain.Run() }
+GO
+  log "building coredns $v"
+  mkdir -p "$out.tmp"
+  (cd "$src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out.tmp/coredns" .)
+  rm -rf "$out"; mv "$out.tmp" "$out"
+}
+
 # Links every binary into one directory so callers add a single entry to PATH.
 link_bin() {
   local dir="$cache/bin/current"
   mkdir -p "$dir"
-  ln -sf "$cache/bin/kubernetes-$KUBERNETES_VERSION/kube-apiserver" "$dir/kube-apiserver"
-  ln -sf "$cache/bin/kubernetes-$KUBERNETES_VERSION/kube-controller-manager" "$dir/kube-controller-manager"
-  ln -sf "$cache/bin/kubernetes-$KUBERNETES_VERSION/kubectl" "$dir/kubectl"
+  local b
+  for b in "${kubernetes_bins[@]}"; do
+    ln -sf "$cache/bin/kubernetes-$KUBERNETES_VERSION/$b" "$dir/$b"
+  done
   ln -sf "$cache/bin/etcd-$ETCD_VERSION/etcd" "$dir/etcd"
   ln -sf "$cache/bin/helm-$HELM_VERSION/helm" "$dir/helm"
+  [[ -x $cache/bin/coredns-$COREDNS_VERSION/coredns ]] && ln -sf "$cache/bin/coredns-$COREDNS_VERSION/coredns" "$dir/coredns"
   echo "$dir"
 }
 
 case "${1:-all}" in
-  all) build_etcd; build_helm; build_kubernetes; link_bin ;;
+  all) build_etcd; build_helm; build_kubernetes; build_coredns; link_bin ;;
   kubernetes) build_kubernetes ;;
+  coredns) build_coredns ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   path) link_bin ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|path]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|coredns|path]" >&2; exit 2 ;;
 esac

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# The demo: a token's whole life on a local control plane, narrated.
+# The demo: a token's whole life on a local cluster, narrated.
 #
-#   local control plane -> Helm chart (CRDs, RBAC, config) -> operator and token service
-#   running locally under the chart's ServiceAccounts -> a policy -> a PAT created as
-#   "alice" -> revealed once -> used with kubectl -> exchanged for a JWT -> introspected
-#   -> revoked -> refused everywhere.
+#   local cluster with a node -> Patrol's images built and imported -> the Helm chart
+#   (operator and token service as pods) -> a policy -> a PAT created as "alice" ->
+#   revealed once -> used with kubectl -> exchanged for a JWT -> a workload Job exchanging
+#   as its ServiceAccount -> introspected -> revoked -> refused everywhere.
 #
-# There is no kubelet, so the chart's Deployments never start pods: the two binaries run
-# here as processes, with kubeconfigs holding their ServiceAccounts' tokens, so the RBAC
-# they work under is the chart's. Everything started is stopped at the end; with
-# PATROL_DEMO_KEEP=1 the control plane, the binaries and the objects are left running
-# (stop them with `make cluster-down`).
+# The kube-apiserver reaches the token service through the chart's Service (fixed
+# ClusterIP 10.0.0.100, see hack/cluster.sh), for admission, TokenReview and the JWT
+# authenticator's discovery. Everything started is stopped at the end; with
+# PATROL_DEMO_KEEP=1 the cluster, the release and the objects are left running (stop them
+# with `make cluster-down`).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
@@ -33,45 +33,41 @@ except (ValueError, KeyError):
 mask() { printf '%s…%s' "${1:0:14}" "${1: -4}"; }
 
 [[ ${PATROL_USE_EXISTING_CLUSTER:-} == 1 ]] && {
-  echo "the demo runs its own local control plane (it needs to configure the kube-apiserver); unset PATROL_USE_EXISTING_CLUSTER" >&2
+  echo "the demo runs its own local cluster (it needs to configure the kube-apiserver); unset PATROL_USE_EXISTING_CLUSTER" >&2
   exit 2
 }
+export PATROL_CLUSTER_NODE=1
 
 hack/ensure-tools.sh
 python=$(hack/ensure-tools.sh python)   # a Python with PyJWT, for examples/clients/verify_jwt.py
-say "Building patrol-operator and patrol-webhook"
-cargo build --quiet --bins
-target=${CARGO_TARGET_DIR:-target}/debug
 
 started=
 hack/cluster.sh status || started=1
-say "Starting a local control plane (etcd, kube-apiserver, kube-controller-manager on loopback)"
+say "Starting a local cluster: etcd, kube-apiserver, kube-controller-manager, and a node"
+note "(kubelet, kube-proxy, kube-scheduler, containerd + runc, CNI bridge, CoreDNS)"
 kubeconfig=$(hack/cluster.sh up)
 # shellcheck disable=SC1091
 source "$(dirname "$kubeconfig")/env"
+CLUSTER_CA=$PATROL_CA                       # the apiserver's CA
+export PATROL_URL=$PATROL_ISSUER            # the token service, through its Service
+export PATROL_CA=$PATROL_WEBHOOK_CA         # ... and the CA its certificate chains to
 work=$PATROL_CLUSTER_DIR/demo
 mkdir -p "$work"
-pids=()
 cleanup() {
   local rc=$?
   if [[ ${PATROL_DEMO_KEEP:-} == 1 ]]; then
-    say "Left running (logs in $work). export KUBECONFIG=$kubeconfig; make cluster-down when done"
+    say "Left running. export KUBECONFIG=$kubeconfig; make cluster-down when done"
     exit "$rc"
   fi
-  if [[ -z $started ]]; then
-    # Someone else's control plane: leave it as it was. Webhook configurations go first
-    # and tokens next, while the operator still runs to remove their finalizers.
+  if [[ -n $started ]]; then say "Stopping the cluster"; hack/cluster.sh down; else
+    # Someone else's cluster: leave it as it was. Tokens go first, while the operator
+    # still runs to remove their finalizers.
     local kc=("$PATROL_BIN/kubectl" --kubeconfig "$kubeconfig")
-    "${kc[@]}" delete mutatingwebhookconfiguration,validatingwebhookconfiguration patrol-demo --ignore-not-found >/dev/null 2>&1 || true
     "${kc[@]}" delete pat --all -n patrol-demo --timeout 30s >/dev/null 2>&1 || true
-  fi
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [[ -n $started ]]; then say "Stopping the control plane"; hack/cluster.sh down; else
-    "$PATROL_BIN/helm" --kubeconfig "$kubeconfig" uninstall patrol -n patrol-system >/dev/null 2>&1 || true
+    "$PATROL_BIN/helm" --kubeconfig "$kubeconfig" uninstall patrol -n patrol-system --wait >/dev/null 2>&1 || true
     "${kc[@]}" delete tokenpolicy demo-policy --ignore-not-found >/dev/null 2>&1 || true
     "${kc[@]}" delete clusterrole,clusterrolebinding patrol-demo-introspection --ignore-not-found >/dev/null 2>&1 || true
-    "${kc[@]}" delete namespace patrol-demo patrol-system --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    "${kc[@]}" delete namespace patrol-demo --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
   exit "$rc"
 }
@@ -79,68 +75,29 @@ trap cleanup EXIT
 k() { "$PATROL_BIN/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 kubectl() { k "$@"; } # so the narrated commands read as people type them
 helm() { "$PATROL_BIN/helm" --kubeconfig "$kubeconfig" "$@"; }
-run kubectl version
-# A previous run's namespaces may still be going away.
-for ns in patrol-system patrol-demo; do
-  if [[ $(k get namespace "$ns" -o jsonpath='{.status.phase}' 2>/dev/null) == Terminating ]]; then
-    note "waiting for namespace $ns (from an earlier run) to finish terminating"
-    k wait --for=delete "namespace/$ns" --timeout=120s >/dev/null
-  fi
-done
-
-say "Installing the Helm chart into patrol-system (CRDs, RBAC, Services, configuration)"
-note "The chart's own webhook configurations point at its Service, which has no pods here,"
-note "so they are off; the demo registers configurations pointing at the local process instead."
-crd_values=()
-if k get crd personalaccesstokens.patrol.dev >/dev/null 2>&1 &&
-  [[ $(k get crd personalaccesstokens.patrol.dev -o jsonpath='{.metadata.labels.app\.kubernetes\.io/managed-by}') != Helm ]]; then
-  note "Patrol's CRDs are already installed outside Helm: the release leaves them alone"
-  crd_values=(--set crds.install=false)
+run kubectl get nodes -o wide
+# A previous run's namespace may still be going away.
+if [[ $(k get namespace patrol-demo -o jsonpath='{.status.phase}' 2>/dev/null) == Terminating ]]; then
+  note "waiting for namespace patrol-demo (from an earlier run) to finish terminating"
+  k wait --for=delete namespace/patrol-demo --timeout=120s >/dev/null
 fi
-run helm upgrade --install patrol charts/patrol --namespace patrol-system --create-namespace \
-  --set admission.enabled=false "${crd_values[@]}" | sed '/^  NOTES:/,$d'
+
+say "Building Patrol's images (no Docker daemon: release binaries + umoci) and loading them into the node"
+images=$(hack/images.sh patrol 2>"$work/images.log") || { cat "$work/images.log" >&2; exit 1; }
+for archive in $images; do note "$(basename "$archive"): $(du -h "$archive" | cut -f1)"; done
+# shellcheck disable=SC2086
+hack/images.sh import $images 2>/dev/null
+
+say "Installing the Helm chart into patrol-system"
+note "Default values, plus the addresses this cluster's kube-apiserver was started with:"
+sed 's/^/     /' "$PATROL_CHART_VALUES"
+install_started=$SECONDS
+run helm upgrade --install patrol charts/patrol --namespace patrol-system -f "$PATROL_CHART_VALUES" | sed '/^  NOTES:/,$d'
 note "(helm prints NOTES.txt, a first-token walk-through; this demo is a longer one)"
-k wait --for condition=Established crd/personalaccesstokens.patrol.dev crd/tokenpolicies.patrol.dev >/dev/null
-
-# A kubeconfig per ServiceAccount, holding nothing but its token.
-sa_kubeconfig() {
-  local sa=$1 file=$work/$1.kubeconfig token
-  token=$(k create token "$sa" -n patrol-system --duration 2h)
-  cat >"$file" <<KUBECONFIG
-apiVersion: v1
-kind: Config
-clusters: [{name: local, cluster: {server: "https://127.0.0.1:$PATROL_APISERVER_PORT", certificate-authority: "$PATROL_CA"}}]
-users: [{name: $sa, user: {token: "$token"}}]
-contexts: [{name: $sa, context: {cluster: local, user: $sa, namespace: patrol-system}}]
-current-context: $sa
-KUBECONFIG
-  echo "$file"
-}
-
-say "Running patrol-operator and patrol-webhook as the chart's ServiceAccounts"
-operator_kc=$(sa_kubeconfig patrol-operator)
-webhook_kc=$(sa_kubeconfig patrol-webhook)
-KUBECONFIG=$operator_kc RUST_LOG=${PATROL_DEMO_LOG:-info,kube=warn} "$target/patrol-operator" \
-  --namespace patrol-system --metrics-addr 127.0.0.1:0 --lease-name patrol-operator \
-  >"$work/operator.log" 2>&1 &
-pids+=($!)
-KUBECONFIG=$webhook_kc RUST_LOG=${PATROL_DEMO_LOG:-info,kube=warn} "$target/patrol-webhook" \
-  --listen "127.0.0.1:$PATROL_WEBHOOK_PORT" --namespace patrol-system \
-  --tls-cert "$PATROL_WEBHOOK_CERT" --tls-key "$PATROL_WEBHOOK_KEY" \
-  --issuer "$PATROL_WEBHOOK_URL" --signing-keys-secret patrol-signing-keys --shutdown-grace 1s \
-  >"$work/webhook.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 120); do
-  curl -fsS --cacert "$PATROL_CA" "$PATROL_WEBHOOK_URL/readyz" >/dev/null 2>&1 && break
-  sleep 0.5
-done
-curl -fsS --cacert "$PATROL_CA" "$PATROL_WEBHOOK_URL/readyz" >/dev/null || {
-  echo "patrol-webhook did not become ready; its log:" >&2; tail -n 30 "$work/webhook.log" >&2; exit 1
-}
-note "operator log: $work/operator.log   webhook log: $work/webhook.log"
-note "Registering the admission webhooks (owner stamping, policy, escalation) for namespace patrol-demo"
-"$target/patrol-admission-config" --name patrol-demo --url "$PATROL_WEBHOOK_URL" --ca-bundle-file "$PATROL_CA" \
-  --namespace-label patrol.dev/demo=true --policy-label patrol.dev/demo=true | k apply -f - | sed 's/^/  /'
+k rollout status -n patrol-system deployment/patrol-operator --timeout 240s >/dev/null
+k rollout status -n patrol-system deployment/patrol-webhook --timeout 240s >/dev/null
+run kubectl get pods -n patrol-system -o wide
+note "both Deployments Ready $(( SECONDS - install_started )) s after helm install"
 
 say "An administrator sets a policy for the demo namespace"
 k create namespace patrol-demo --dry-run=client -o yaml | k apply -f - >/dev/null
@@ -219,14 +176,14 @@ run kubectl get secret laptop-token -n patrol-demo || note "gone: the plaintext 
 cat >"$work/bare.kubeconfig" <<KUBECONFIG
 apiVersion: v1
 kind: Config
-clusters: [{name: local, cluster: {server: "https://127.0.0.1:$PATROL_APISERVER_PORT", certificate-authority: "$PATROL_CA"}}]
+clusters: [{name: local, cluster: {server: "https://127.0.0.1:$PATROL_APISERVER_PORT", certificate-authority: "$CLUSTER_CA"}}]
 users: [{name: bearer, user: {}}]
 contexts: [{name: bearer, context: {cluster: local, user: bearer, namespace: patrol-demo}}]
 current-context: bearer
 KUBECONFIG
 kt() { "$PATROL_BIN/kubectl" --kubeconfig "$work/bare.kubeconfig" "$@"; }
 
-say "kubectl with the PAT: the kube-apiserver asks patrol-webhook (TokenReview) who it is"
+say "kubectl with the PAT: the kube-apiserver asks patrol-webhook (TokenReview, through its Service) who it is"
 printf '%s$ kubectl --token="$PAT" auth whoami%s\n' "$bold" "$reset"
 kt --token="$PAT" auth whoami | sed 's/^/  /'
 printf '%s$ kubectl --token="$PAT" get pods   # the read:pods scope group may%s\n' "$bold" "$reset"
@@ -235,7 +192,6 @@ printf '%s$ kubectl --token="$PAT" get secrets   # nothing grants alice this%s\n
 if kt --token="$PAT" get secrets 2>&1 | sed 's/^/  /'; then echo "the PAT may list Secrets" >&2; exit 1; fi
 
 say "Exchange the PAT for a short-lived JWT (RFC 8693): examples/clients/exchange.sh"
-export PATROL_URL=$PATROL_WEBHOOK_URL PATROL_CA
 printf '%s$ PAT=... examples/clients/exchange.sh kubernetes-patrol read:pods%s\n' "$bold" "$reset"
 answer=$(PAT=$PAT examples/clients/exchange.sh kubernetes-patrol read:pods)
 JWT=$(access_token <<<"$answer")
@@ -243,27 +199,52 @@ python3 -c 'import json,sys; a=json.load(sys.stdin); a["access_token"]=a["access
   <<<"$answer" | sed 's/^/  /'
 note "Any OIDC library verifies it from discovery + JWKS, e.g. PyJWT:"
 printf '%s$ examples/clients/verify_jwt.py --issuer %s --audience kubernetes-patrol --ca $PATROL_CA <<<"$JWT"%s\n' \
-  "$bold" "$PATROL_WEBHOOK_URL" "$reset"
-"$python" examples/clients/verify_jwt.py --issuer "$PATROL_WEBHOOK_URL" --audience kubernetes-patrol --ca "$PATROL_CA" \
+  "$bold" "$PATROL_URL" "$reset"
+"$python" examples/clients/verify_jwt.py --issuer "$PATROL_URL" --audience kubernetes-patrol --ca "$PATROL_CA" \
   <<<"$JWT" | sed 's/^/  /'
 note "...and so does the kube-apiserver (structured authentication configuration):"
 printf '%s$ kubectl --token="$JWT" auth whoami%s\n' "$bold" "$reset"
 for _ in $(seq 1 40); do kt --token="$JWT" auth whoami >/dev/null 2>&1 && break; sleep 0.5; done
 kt --token="$JWT" auth whoami 2>&1 | sed 's/^/  /'
 
-say "A workload exchanges a PAT as itself: examples/workload-exchange.yaml"
-note "A ServiceAccount, a PAT that only it may exchange, and the Job that would do so"
-note "(no kubelet here: the demo runs the Job's exchange itself, with the ServiceAccount's token)."
-run kubectl --as alice --as-group developers apply -n patrol-demo -f examples/workload-exchange.yaml
+say "A workload exchanges a PAT as itself: examples/workload-exchange.yaml, as a real Job"
+note "A ServiceAccount, a PAT that only it may exchange, and a Job whose pod trades the PAT"
+note "(with its projected ServiceAccount token as actor) for a JWT and lists pods with it."
+note "The one change: the image. No registry is reachable here, so the Job runs the local"
+note "toolbox image (sh + curl) instead of docker.io/curlimages/curl."
+toolbox=$(hack/images.sh refs | sed -n 's/^toolbox //p')
+k create configmap patrol-ca -n patrol-demo --from-file=ca.crt="$PATROL_WEBHOOK_CA" --dry-run=client -o yaml | k apply -f - >/dev/null
+sed "s#docker.io/curlimages/curl:8.11.1#$toolbox#" examples/workload-exchange.yaml >"$work/workload-exchange.yaml"
+run kubectl --as alice --as-group developers apply -n patrol-demo -f "$work/workload-exchange.yaml"
 k wait -n patrol-demo pat/reports --for jsonpath='{.status.phase}'=Active --timeout 60s >/dev/null
+k wait -n patrol-demo job/build-report --for condition=Complete --timeout 180s >/dev/null || {
+  echo "the workload Job did not complete:" >&2; k logs -n patrol-demo job/build-report >&2 || true; exit 1; }
+printf '%s$ kubectl logs job/build-report   # the pods its JWT may list%s\n' "$bold" "$reset"
+k logs -n patrol-demo job/build-report | python3 -c 'import json,sys
+pods = json.load(sys.stdin)
+print("  " + pods["kind"] + ":", ", ".join(p["metadata"]["name"] for p in pods["items"]))'
+note "What that JWT says, exchanged the same way by hand (PyJWT verifies it):"
 WORKLOAD_PAT=$(k get secret reports-pat -n patrol-demo -o jsonpath='{.data.token}' | base64 -d)
 ACTOR=$(k create token report-builder -n patrol-demo --duration 10m)
 printf '%s$ ACTOR_TOKEN=$(kubectl create token report-builder) PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"
 WORKLOAD_JWT=$(ACTOR_TOKEN=$ACTOR PAT=$WORKLOAD_PAT examples/clients/exchange.sh kubernetes-patrol | access_token)
-"$python" examples/clients/verify_jwt.py --issuer "$PATROL_WEBHOOK_URL" --audience kubernetes-patrol --ca "$PATROL_CA" \
+"$python" examples/clients/verify_jwt.py --issuer "$PATROL_URL" --audience kubernetes-patrol --ca "$PATROL_CA" \
   <<<"$WORKLOAD_JWT" | python3 -c 'import json,sys; c=json.load(sys.stdin); print("  sub:", c["sub"], "  act:", json.dumps(c.get("act")), "  scope:", c.get("scope"))'
-note "Another ServiceAccount may not act with this PAT:"
+note "Another ServiceAccount may not act with this PAT, neither as a Job..."
 k create serviceaccount intruder -n patrol-demo --dry-run=client -o yaml | k apply -f - >/dev/null
+python3 - "$work/workload-exchange.yaml" >"$work/intruder-job.yaml" <<'PY'
+import sys
+docs = open(sys.argv[1]).read().split("\n---\n")
+job = next(d for d in docs if "kind: Job" in d)
+print(job.replace("name: build-report", "name: build-report-intruder")
+      .replace("serviceAccountName: report-builder", "serviceAccountName: intruder")
+      .replace("backoffLimit: 2", "backoffLimit: 0"))
+PY
+k --as alice apply -n patrol-demo -f "$work/intruder-job.yaml" >/dev/null
+k wait -n patrol-demo job/build-report-intruder --for condition=Failed --timeout 120s >/dev/null
+printf '%s$ kubectl logs job/build-report-intruder%s\n' "$bold" "$reset"
+k logs -n patrol-demo job/build-report-intruder 2>&1 | sed 's/^/  /'
+note "...nor by hand:"
 printf '%s$ ACTOR_TOKEN=$(kubectl create token intruder) PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"
 ACTOR_TOKEN=$(k create token intruder -n patrol-demo --duration 10m) PAT=$WORKLOAD_PAT \
   examples/clients/exchange.sh kubernetes-patrol | sed 's/^/  /'
@@ -309,9 +290,14 @@ note "verifies JWTs offline and accepts this one until it expires (15m here, fro
 printf '%s$ PAT=... examples/clients/exchange.sh kubernetes-patrol%s\n' "$bold" "$reset"
 PAT=$PAT examples/clients/exchange.sh kubernetes-patrol | sed 's/^/  /'
 
-say "No token reached the binaries' logs"
-for f in "$work/operator.log" "$work/webhook.log"; do
+say "No token reached the pods' logs"
+for deployment in patrol-operator patrol-webhook; do
+  f=$work/$deployment.log
+  k logs -n patrol-system "deployment/$deployment" --all-containers --prefix --tail=-1 >"$f" 2>&1 || true
+  for pod in $(k get pods -n patrol-system -l "app.kubernetes.io/component=${deployment#patrol-}" -o name); do
+    k logs -n patrol-system "$pod" --all-containers --prefix --tail=-1 >>"$f" 2>&1 || true
+  done
   if grep -qF -e "$PAT" -e "$JWT" -e "$WORKLOAD_PAT" -e "$WORKLOAD_JWT" "$f"; then echo "a token leaked into $f" >&2; exit 1; fi
-  note "$f: $(wc -l <"$f") lines, no token"
+  note "$deployment: $(wc -l <"$f") log lines from its pods, no token"
 done
 say "Done"

@@ -1,13 +1,18 @@
 //! The end-to-end harness: a real kube-apiserver and etcd, started once per machine by
 //! `hack/cluster.sh` and shared by every test, each test isolated in its own namespace.
 //!
+//! Two clusters: [`TestCluster::shared`] is the control plane alone, where tests run
+//! Patrol's binaries as host processes (the apiserver's token webhook points at a loopback
+//! port); [`TestCluster::with_node`] has the local node, where Patrol runs as the chart's
+//! pods (the apiserver's token webhook points at the chart's Service).
+//!
 //! Set `PATROL_USE_EXISTING_CLUSTER=1` to run against the cluster `$KUBECONFIG` points at
 //! instead (like envtest's `USE_EXISTING_CLUSTER`).
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output, Stdio},
     sync::{
         OnceLock,
         atomic::{AtomicU32, Ordering},
@@ -17,6 +22,7 @@ use std::{
 
 pub mod chart;
 pub mod load;
+pub mod node;
 pub mod operator;
 pub mod process;
 
@@ -48,17 +54,28 @@ pub struct TestCluster {
 }
 
 static CLUSTER: OnceLock<std::result::Result<TestCluster, String>> = OnceLock::new();
+static NODE_CLUSTER: OnceLock<std::result::Result<TestCluster, String>> = OnceLock::new();
 
 impl TestCluster {
-    /// The shared control plane, started on first use (idempotent across test binaries).
+    /// The shared control plane without a node, started on first use (idempotent across
+    /// test binaries).
     pub fn shared() -> Result<&'static TestCluster> {
         CLUSTER
-            .get_or_init(|| Self::start().map_err(|e| format!("{e:#}")))
+            .get_or_init(|| Self::start(false).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|e| anyhow::anyhow!("control plane unavailable: {e}"))
     }
 
-    fn start() -> Result<TestCluster> {
+    /// The shared cluster with the local node (kubelet, containerd, kube-proxy, CoreDNS),
+    /// started on first use.
+    pub fn with_node() -> Result<&'static TestCluster> {
+        NODE_CLUSTER
+            .get_or_init(|| Self::start(true).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("cluster with a node unavailable: {e}"))
+    }
+
+    fn start(node: bool) -> Result<TestCluster> {
         if std::env::var("PATROL_USE_EXISTING_CLUSTER").as_deref() == Ok("1") {
             let kubeconfig = std::env::var("KUBECONFIG")
                 .context("PATROL_USE_EXISTING_CLUSTER=1 needs KUBECONFIG")?;
@@ -71,6 +88,7 @@ impl TestCluster {
         let out = Command::new("bash")
             .arg(&script)
             .arg("up")
+            .env("PATROL_CLUSTER_NODE", if node { "1" } else { "0" })
             .output()
             .context("running hack/cluster.sh up")?;
         ensure!(
@@ -102,6 +120,10 @@ impl TestCluster {
         let out = Command::new("bash")
             .arg(&script)
             .args(["restart-apiserver", &down.to_string()])
+            .env(
+                "PATROL_CLUSTER_DIR",
+                self.kubeconfig.parent().unwrap_or(Path::new(".")),
+            )
             .output()?;
         ensure!(
             out.status.success(),
@@ -145,6 +167,54 @@ impl TestCluster {
             );
         }
         Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Writes a kubeconfig with the apiserver, its CA and a bearer token: no other credential.
+    pub fn bearer_kubeconfig(&self, path: &Path, token: &str) -> Result<()> {
+        let server = format!("https://127.0.0.1:{}", self.var("PATROL_APISERVER_PORT")?);
+        let ca = self.var("PATROL_CA")?;
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+                 users:\n- name: bearer\n  user:\n    token: {token}\ncontexts:\n- name: bearer\n  context: {{cluster: local, user: bearer}}\ncurrent-context: bearer\n"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// A client that authenticates with a bearer token only (a PAT, a JWT).
+    pub async fn bearer_client(&self, kubeconfig: &Path) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// `kubectl` with another kubeconfig than the admin's.
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
+        let mut cmd = self.kubectl();
+        // The later --kubeconfig wins.
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+        Ok(cmd.output()?)
+    }
+
+    /// Runs kubectl as admin with `stdin` as its input.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<Output> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        Ok(child.wait_with_output()?)
     }
 
     /// Installs the generated CRDs (server-side apply) and waits until they are Established.

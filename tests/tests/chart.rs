@@ -892,57 +892,6 @@ fn tempdir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn kubectl_bin(cluster: &TestCluster) -> PathBuf {
-    cluster
-        .var("PATROL_BIN")
-        .map(|b| Path::new(b).join("kubectl"))
-        .unwrap_or_else(|_| "kubectl".into())
-}
-
-/// A kubeconfig with the apiserver, its CA and a bearer token: nothing else.
-fn token_kubeconfig(cluster: &TestCluster, path: &Path, token: &str) -> Result<()> {
-    let server = format!(
-        "https://127.0.0.1:{}",
-        cluster.var("PATROL_APISERVER_PORT")?
-    );
-    let ca = cluster.var("PATROL_CA")?;
-    std::fs::write(
-        path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
-             users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa}}\ncurrent-context: sa\n"
-        ),
-    )?;
-    Ok(())
-}
-
-/// Runs kubectl with `kubeconfig` (not the admin's).
-fn kubectl_with(cluster: &TestCluster, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(kubectl_bin(cluster))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()?)
-}
-
-/// Runs kubectl as admin with `stdin` as input.
-fn kubectl_stdin(cluster: &TestCluster, args: &[&str], stdin: &str) -> Result<Output> {
-    use std::io::Write;
-    let mut child = cluster
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(stdin.as_bytes())?;
-    Ok(child.wait_with_output()?)
-}
-
 fn can_i(cluster: &TestCluster, user: &str, args: &[&str]) -> Result<bool> {
     let out = cluster
         .kubectl()
@@ -1154,9 +1103,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
             "json",
         ])?)?;
         let pod = pod_from(&deployment, &ns.name, &format!("{name}-psa"));
-        let out = kubectl_stdin(
-            cluster,
-            &["create", "--dry-run=server", "-f", "-"],
+        let out = cluster.kubectl_stdin(&["create", "--dry-run=server", "-f", "-"],
             &pod.to_string(),
         )?;
         ensure!(
@@ -1167,9 +1114,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
         let mut loose = pod.clone();
         loose["spec"]["securityContext"] = json!({});
         loose["spec"]["containers"][0]["securityContext"] = json!({});
-        let out = kubectl_stdin(
-            cluster,
-            &["create", "--dry-run=server", "-f", "-"],
+        let out = cluster.kubectl_stdin(&["create", "--dry-run=server", "-f", "-"],
             &loose.to_string(),
         )?;
         assert!(
@@ -1287,7 +1232,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
         let token =
             cluster.kubectl_ok(&["create", "token", name, "-n", &ns.name, "--duration", "2h"])?;
         let path = dir.join(format!("{name}.kubeconfig"));
-        token_kubeconfig(cluster, &path, token.trim())?;
+        cluster.bearer_kubeconfig(&path, token.trim())?;
         kubeconfigs.push(path);
     }
     let (operator_kubeconfig, webhook_kubeconfig) =
@@ -1297,9 +1242,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     // reach the apiserver's admission within moments of their creation; server-side dry
     // runs are authorized and admitted like real requests, and leave nothing behind).
     eventually(Duration::from_secs(20), || async {
-        let out = kubectl_with(
-            cluster,
-            &operator_kubeconfig,
+        let out = cluster.kubectl_with(&operator_kubeconfig,
             &[
                 "create",
                 "secret",
@@ -1316,9 +1259,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
             !out.status.success() && err.contains("patrol-operator may write only"),
             "operator wrote a stray Secret: {err}"
         );
-        let out = kubectl_with(
-            cluster,
-            &webhook_kubeconfig,
+        let out = cluster.kubectl_with(&webhook_kubeconfig,
             &[
                 "create",
                 "secret",
@@ -1339,9 +1280,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     })
     .await?;
     let signing_name = format!("{release}-signing-keys");
-    let out = kubectl_with(
-        cluster,
-        &webhook_kubeconfig,
+    let out = cluster.kubectl_with(&webhook_kubeconfig,
         &[
             "create",
             "secret",

@@ -15,7 +15,7 @@ use patrol_e2e::{TestCluster, repo_root};
 
 #[test]
 fn the_demo_runs_a_token_through_its_whole_life() -> Result<()> {
-    let cluster = TestCluster::shared()?;
+    let cluster = TestCluster::with_node()?;
     let out = Command::new("bash")
         .arg(repo_root().join("hack/demo.sh"))
         .current_dir(repo_root())

@@ -107,7 +107,11 @@ struct Args {
     /// Largest /oauth2/token or /oauth2/introspect body, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     oauth_body_limit: usize,
-    /// Time in-flight requests get to finish on SIGTERM.
+    /// After SIGTERM, keep serving (and report not ready) this long before closing the
+    /// listener, so the Service stops routing new connections here first.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    drain_delay: Duration,
+    /// Time in-flight requests get to finish once the listener closes.
     #[arg(long, default_value = "15s", value_parser = duration)]
     shutdown_grace: Duration,
     /// Log format: text or json.
@@ -191,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
             ),
         },
+        drain_delay: args.drain_delay,
         shutdown_grace: args.shutdown_grace,
     };
     let client = kube::Client::try_default().await?;

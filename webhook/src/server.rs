@@ -2,7 +2,15 @@
 //! lastUsedAt writer, housekeeping, certificate reloading and the HTTPS server, started
 //! together by [`run`].
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum_server::{
@@ -45,7 +53,11 @@ pub struct Settings {
     pub last_used_debounce: Duration,
     /// The OAuth issuer (token exchange, introspection, discovery, JWKS); off when `None`.
     pub oauth: Option<OAuthSettings>,
-    /// How long in-flight requests may finish after SIGTERM.
+    /// After SIGTERM, how long to keep serving while reporting not ready, so that the
+    /// Service's endpoints (kube-proxy, load balancers) stop sending new connections here
+    /// before the listener closes.
+    pub drain_delay: Duration,
+    /// How long in-flight requests may finish after the drain delay.
     pub shutdown_grace: Duration,
 }
 
@@ -136,11 +148,13 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
         metrics.clone(),
     ));
 
+    let draining = Arc::new(AtomicBool::new(false));
     let state = AppState(Arc::new(AppContext {
         validator,
         identity: settings.identity.clone(),
         metrics,
         admission,
+        draining: draining.clone(),
     }));
     let app = routes::router(state, &settings.http);
     let app = match issuer {
@@ -149,7 +163,12 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
     };
 
     let handle = Handle::new();
-    tokio::spawn(shutdown_on_signal(handle.clone(), settings.shutdown_grace));
+    tokio::spawn(shutdown_on_signal(
+        handle.clone(),
+        draining,
+        settings.drain_delay,
+        settings.shutdown_grace,
+    ));
     let acceptor = RustlsAcceptor::new(served).handshake_timeout(Duration::from_secs(10));
     let mut server = axum_server::bind(settings.listen)
         .acceptor(acceptor)
@@ -174,7 +193,27 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_on_signal(handle: Handle<SocketAddr>, grace: Duration) {
+/// On SIGTERM or SIGINT: fail readiness and keep serving for `drain`, then stop accepting
+/// and give in-flight requests `grace` to finish. Without the drain, the replica would
+/// refuse connections that kube-proxy still routes to it until its endpoint update lands,
+/// and every such TokenReview or admission call would fail.
+async fn shutdown_on_signal(
+    handle: Handle<SocketAddr>,
+    draining: Arc<AtomicBool>,
+    drain: Duration,
+    grace: Duration,
+) {
+    stop_signal().await;
+    draining.store(true, Ordering::Relaxed);
+    if !drain.is_zero() {
+        info!(drain = ?drain, "stop requested: draining (not ready, still serving)");
+        tokio::time::sleep(drain).await;
+    }
+    info!(grace = ?grace, "shutting down");
+    handle.graceful_shutdown(Some(grace));
+}
+
+async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -185,7 +224,6 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, grace: Duration) {
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops gracefully");
                 let _ = ctrl_c.await;
-                handle.graceful_shutdown(Some(grace));
                 return;
             }
         };
@@ -196,6 +234,4 @@ async fn shutdown_on_signal(handle: Handle<SocketAddr>, grace: Duration) {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    info!(grace = ?grace, "shutting down");
-    handle.graceful_shutdown(Some(grace));
 }

@@ -135,6 +135,7 @@ mod tests {
             identity,
             metrics: h.metrics,
             admission: crate::admission::tests::synced(),
+            draining: Default::default(),
         }));
         (router(state, &HttpLimits::default()), validator)
     }
@@ -312,6 +313,7 @@ mod tests {
 
     #[tokio::test]
     async fn unsynced_means_503_on_authenticate_and_readyz() {
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let metrics = Arc::new(Metrics::default());
         let index = Arc::new(RecordIndex::new(metrics.clone()));
         let (usage, _rx) =
@@ -331,6 +333,7 @@ mod tests {
             identity: IdentityMapping::default(),
             metrics,
             admission: crate::admission::tests::synced(),
+            draining: draining.clone(),
         }));
         let app = router(state, &HttpLimits::default());
         let token = patrol_api::token::generate().unwrap();
@@ -352,6 +355,16 @@ mod tests {
         let (status, _, body) = call(&app, post_json(&review(token.expose_secret(), None))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["status"]["authenticated"], false);
+
+        // Draining (after SIGTERM): not ready, so the Service stops routing here, but
+        // whatever still arrives is answered.
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (status, _, body) =
+            call(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.to_string().contains("shutting down"), "{body}");
+        let (status, _, _) = call(&app, post_json(&review(token.expose_secret(), None))).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]

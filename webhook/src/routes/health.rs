@@ -1,6 +1,6 @@
 //! Liveness and readiness. Live while the process serves; ready once the token record
 //! index has synced, which is also when validation starts, and the admission caches
-//! (TokenPolicies, Namespaces) have too.
+//! (TokenPolicies, Namespaces) have too; not ready again once SIGTERM starts the drain.
 
 use axum::{Router, extract::State, response::IntoResponse, routing::get};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -18,7 +18,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn readyz(State(state): State<AppState>) -> axum::response::Response {
-    if !state.validator.is_ready() {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        ApiError::unavailable("shutting down: draining connections").into_response()
+    } else if !state.validator.is_ready() {
         ApiError::unavailable("the token record index has not synced yet").into_response()
     } else if !state.admission.is_ready() {
         ApiError::unavailable(

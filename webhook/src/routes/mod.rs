@@ -84,6 +84,9 @@ pub struct AppContext {
     pub identity: IdentityMapping,
     pub metrics: Arc<Metrics>,
     pub admission: Arc<crate::admission::Admission>,
+    /// Set on SIGTERM: readiness fails from then on, so the replica leaves its Service
+    /// while it still serves whatever is routed to it.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone)]

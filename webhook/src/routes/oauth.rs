@@ -288,6 +288,7 @@ mod tests {
             identity: IdentityMapping::default(),
             metrics: metrics.clone(),
             admission: crate::admission::tests::synced(),
+            draining: Default::default(),
         }));
         let mut router = router(state, &HttpLimits::default());
         if enabled {
