@@ -191,6 +191,19 @@ impl TestCluster {
         Ok(Client::try_from(config)?)
     }
 
+    /// A client with the admin credentials that impersonates `user` (as `kubectl --as`).
+    pub async fn client_as(&self, user: &str) -> Result<Client> {
+        let mut kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        for named in &mut kubeconfig.auth_infos {
+            if let Some(auth) = named.auth_info.as_mut() {
+                auth.impersonate = Some(user.to_owned());
+            }
+        }
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
     /// `kubectl` with another kubeconfig than the admin's.
     pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
         let mut cmd = self.kubectl();

@@ -167,13 +167,7 @@ pub fn describe_pods(cluster: &TestCluster) -> String {
     format!(
         "{}\n{}",
         run(&["get", "pods", "-n", NAMESPACE, "-o", "wide"]),
-        run(&[
-            "get",
-            "events",
-            "-n",
-            NAMESPACE,
-            "--sort-by=.lastTimestamp"
-        ])
+        run(&["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"])
     )
 }
 

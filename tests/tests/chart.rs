@@ -1103,9 +1103,8 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
             "json",
         ])?)?;
         let pod = pod_from(&deployment, &ns.name, &format!("{name}-psa"));
-        let out = cluster.kubectl_stdin(&["create", "--dry-run=server", "-f", "-"],
-            &pod.to_string(),
-        )?;
+        let out =
+            cluster.kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &pod.to_string())?;
         ensure!(
             out.status.success(),
             "{name}'s pod is not restricted: {}",
@@ -1114,7 +1113,8 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
         let mut loose = pod.clone();
         loose["spec"]["securityContext"] = json!({});
         loose["spec"]["containers"][0]["securityContext"] = json!({});
-        let out = cluster.kubectl_stdin(&["create", "--dry-run=server", "-f", "-"],
+        let out = cluster.kubectl_stdin(
+            &["create", "--dry-run=server", "-f", "-"],
             &loose.to_string(),
         )?;
         assert!(
@@ -1242,7 +1242,8 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     // reach the apiserver's admission within moments of their creation; server-side dry
     // runs are authorized and admitted like real requests, and leave nothing behind).
     eventually(Duration::from_secs(20), || async {
-        let out = cluster.kubectl_with(&operator_kubeconfig,
+        let out = cluster.kubectl_with(
+            &operator_kubeconfig,
             &[
                 "create",
                 "secret",
@@ -1259,7 +1260,8 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
             !out.status.success() && err.contains("patrol-operator may write only"),
             "operator wrote a stray Secret: {err}"
         );
-        let out = cluster.kubectl_with(&webhook_kubeconfig,
+        let out = cluster.kubectl_with(
+            &webhook_kubeconfig,
             &[
                 "create",
                 "secret",
@@ -1280,7 +1282,8 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     })
     .await?;
     let signing_name = format!("{release}-signing-keys");
-    let out = cluster.kubectl_with(&webhook_kubeconfig,
+    let out = cluster.kubectl_with(
+        &webhook_kubeconfig,
         &[
             "create",
             "secret",

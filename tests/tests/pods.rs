@@ -87,7 +87,12 @@ async fn the_chart_runs_patrol_as_pods_on_the_node() -> Result<()> {
     cluster.bearer_kubeconfig(&kubeconfig, &pat)?;
     let whoami = cluster.kubectl_with(
         &kubeconfig,
-        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
     )?;
     ensure!(
         whoami.status.success(),
@@ -123,7 +128,7 @@ async fn the_chart_runs_patrol_as_pods_on_the_node() -> Result<()> {
         .context("no webhook pod")?;
     cluster.kubectl_ok(&["delete", "pod", "-n", NAMESPACE, &victim, "--wait=true"])?;
     node::wait_rolled_out(cluster, Duration::from_secs(120))?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let deleted = load.snapshot();
     println!("webhook pod {victim} deleted: {deleted}");
 
@@ -143,7 +148,10 @@ async fn the_chart_runs_patrol_as_pods_on_the_node() -> Result<()> {
     )?;
     node::wait_rolled_out(cluster, Duration::from_secs(240))?;
     let rolled = roll.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The old pods drain and terminate after the rollout counts as done: keep the load on
+    // until they are gone.
+    wait_no_terminating_pods(cluster, Duration::from_secs(90)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let during = load.stop().await;
     for (deployment, hash) in &before {
         assert_ne!(
@@ -219,7 +227,26 @@ fn check_pods(cluster: &TestCluster) -> Result<()> {
     Ok(())
 }
 
+/// A fresh namespace for alice: whatever an earlier, failed run left there goes first
+/// (its tokens' finalizers too, since that run's operator is gone).
 fn user_namespace(cluster: &TestCluster) -> Result<()> {
+    let exists =
+        cluster.kubectl_ok(&["get", "namespace", NS, "--ignore-not-found", "-o", "name"])?;
+    if !exists.trim().is_empty() {
+        let pats = cluster.kubectl_ok(&["get", "pat", "-n", NS, "-o", "name"])?;
+        for pat in pats.split_whitespace() {
+            cluster.kubectl_ok(&[
+                "patch",
+                pat,
+                "-n",
+                NS,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ])?;
+        }
+        cluster.kubectl_ok(&["delete", "namespace", NS, "--wait=true", "--timeout=120s"])?;
+    }
     let manifest = format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -333,7 +360,10 @@ async fn workload_jobs(cluster: &TestCluster, scratch: &Path) -> Result<()> {
         &repo_root().join("examples/workload-exchange.yaml"),
         &[
             ("docker.io/curlimages/curl:8.11.1", &toolbox),
-            ("system:serviceaccount:patrol-demo:", &format!("system:serviceaccount:{NS}:")),
+            (
+                "system:serviceaccount:patrol-demo:",
+                &format!("system:serviceaccount:{NS}:"),
+            ),
         ],
     )?;
     let ca = std::fs::read_to_string(cluster.var("PATROL_WEBHOOK_CA")?)?;
@@ -348,21 +378,34 @@ async fn workload_jobs(cluster: &TestCluster, scratch: &Path) -> Result<()> {
     std::fs::write(scratch.join("workload-exchange.yaml"), &example)?;
     let started = Instant::now();
     apply_as_user(cluster, &example)?;
-    let out = cluster.kubectl()
-        .args(["wait", "-n", NS, "job/build-report", "--for=condition=Complete", "--timeout=180s"])
+    let out = cluster
+        .kubectl()
+        .args([
+            "wait",
+            "-n",
+            NS,
+            "job/build-report",
+            "--for=condition=Complete",
+            "--timeout=180s",
+        ])
         .output()?;
     let logs = job_logs(cluster, "build-report");
     ensure!(
         out.status.success(),
         "the workload Job did not complete: {}\nlogs:\n{logs}\n{}",
         String::from_utf8_lossy(&out.stderr),
-        cluster.kubectl_ok(&["describe", "job", "build-report", "-n", NS]).unwrap_or_default()
+        cluster
+            .kubectl_ok(&["describe", "job", "build-report", "-n", NS])
+            .unwrap_or_default()
     );
     ensure!(
-        logs.contains("\"kind\":\"PodList\""),
+        logs.contains("\"PodList\""),
         "the Job's JWT did not list pods:\n{logs}"
     );
-    println!("workload Job exchanged its PAT and listed pods in {:.1?}", started.elapsed());
+    println!(
+        "workload Job exchanged its PAT and listed pods in {:.1?}",
+        started.elapsed()
+    );
 
     // The same Job under another ServiceAccount: Patrol refuses that actor.
     let intruder = example
@@ -370,12 +413,23 @@ async fn workload_jobs(cluster: &TestCluster, scratch: &Path) -> Result<()> {
         .find(|doc| doc.contains("kind: Job"))
         .context("no Job in the example")?
         .replace("name: build-report", "name: build-report-intruder")
-        .replace("serviceAccountName: report-builder", "serviceAccountName: intruder")
+        .replace(
+            "serviceAccountName: report-builder",
+            "serviceAccountName: intruder",
+        )
         .replace("backoffLimit: 2", "backoffLimit: 0");
     cluster.kubectl_ok(&["create", "serviceaccount", "intruder", "-n", NS])?;
     apply_as_user(cluster, &intruder)?;
-    let out = cluster.kubectl()
-        .args(["wait", "-n", NS, "job/build-report-intruder", "--for=condition=Failed", "--timeout=120s"])
+    let out = cluster
+        .kubectl()
+        .args([
+            "wait",
+            "-n",
+            NS,
+            "job/build-report-intruder",
+            "--for=condition=Failed",
+            "--timeout=120s",
+        ])
         .output()?;
     let logs = job_logs(cluster, "build-report-intruder");
     ensure!(
@@ -395,7 +449,13 @@ fn job_logs(cluster: &TestCluster, job: &str) -> String {
         .kubectl()
         .args(["logs", "-n", NS, &format!("job/{job}"), "--all-containers"])
         .output()
-        .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
         .unwrap_or_else(|e| e.to_string())
 }
 
@@ -425,19 +485,48 @@ fn lease_holder(cluster: &TestCluster) -> Result<String> {
 async fn operator_failover(cluster: &TestCluster) -> Result<()> {
     let leader = eventually(Duration::from_secs(60), || async {
         let holder = lease_holder(cluster)?;
-        ensure!(pod_names(cluster, "operator")?.contains(&holder), "no live leader yet ({holder:?})");
+        ensure!(
+            pod_names(cluster, "operator")?.contains(&holder),
+            "no live leader yet ({holder:?})"
+        );
         Ok(holder)
     })
     .await?;
     let started = Instant::now();
     cluster.kubectl_ok(&["delete", "pod", "-n", NAMESPACE, &leader, "--wait=false"])?;
-    apply_as_user(cluster, &pat_yaml("after-failover", "Issued by the next leader"))?;
+    apply_as_user(
+        cluster,
+        &pat_yaml("after-failover", "Issued by the next leader"),
+    )?;
     wait_active_token(cluster, "after-failover", Duration::from_secs(120))?;
     let issued = started.elapsed();
     let next = lease_holder(cluster)?;
-    ensure!(next != leader, "the deleted pod {leader} still holds the Lease");
+    ensure!(
+        next != leader,
+        "the deleted pod {leader} still holds the Lease"
+    );
     println!("leader {leader} deleted: {next} leads, and a new PAT was Active {issued:.1?} later");
     Ok(())
+}
+
+/// Waits until no pod of the release is terminating.
+async fn wait_no_terminating_pods(cluster: &TestCluster, timeout: Duration) -> Result<()> {
+    eventually(timeout, || async {
+        let terminating = cluster.kubectl_ok(&[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name}{\" \"}{end}",
+        ])?;
+        ensure!(
+            terminating.trim().is_empty(),
+            "still terminating: {terminating}"
+        );
+        Ok(())
+    })
+    .await
 }
 
 fn pod_names(cluster: &TestCluster, component: &str) -> Result<Vec<String>> {
@@ -493,6 +582,17 @@ struct Counts {
     failed_admissions: AtomicU64,
 }
 
+impl Counts {
+    fn tally(&self) -> Tally {
+        Tally {
+            reviews: self.reviews.load(Ordering::Relaxed),
+            failed_reviews: self.failed_reviews.load(Ordering::Relaxed),
+            admissions: self.admissions.load(Ordering::Relaxed),
+            failed_admissions: self.failed_admissions.load(Ordering::Relaxed),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Tally {
     reviews: u64,
@@ -535,36 +635,33 @@ impl Load {
             cluster.bearer_kubeconfig(&path, &token)?;
             clients.push(cluster.bearer_client(&path).await?);
         }
-        let admin = cluster.client().await?;
+        let alice = cluster.client_as(USER).await?;
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run_load(clients, admin, counts.clone(), stop.clone()));
+        let task = tokio::spawn(run_load(clients, alice, counts.clone(), stop.clone()));
         Ok(Load { counts, stop, task })
     }
 
     fn snapshot(&self) -> Tally {
-        let c = &self.counts;
-        Tally {
-            reviews: c.reviews.load(Ordering::Relaxed),
-            failed_reviews: c.failed_reviews.load(Ordering::Relaxed),
-            admissions: c.admissions.load(Ordering::Relaxed),
-            failed_admissions: c.failed_admissions.load(Ordering::Relaxed),
-        }
+        self.counts.tally()
     }
 
     async fn stop(self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.snapshot()
+        let Load { counts, stop, task } = self;
+        stop.store(true, Ordering::Relaxed);
+        let _ = task.await;
+        counts.tally()
     }
 }
 
-async fn run_load(clients: Vec<Client>, admin: Client, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
-    let pats: Api<PersonalAccessToken> = Api::namespaced(admin, NS);
+async fn run_load(clients: Vec<Client>, alice: Client, counts: Arc<Counts>, stop: Arc<AtomicBool>) {
+    let pats: Api<PersonalAccessToken> = Api::namespaced(alice, NS);
     let dry_run = PostParams {
         dry_run: true,
         ..Default::default()
     };
+    let create = PostParams::default();
+    let ask = SelfSubjectReview::default();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
@@ -572,11 +669,12 @@ async fn run_load(clients: Vec<Client>, admin: Client, counts: Arc<Counts>, stop
         let client = &clients[n % clients.len()];
         n += 1;
         let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
-        let review = reviews.create(&PostParams::default(), &SelfSubjectReview::default());
-        let pat: PersonalAccessToken = match serde_yaml::from_str(&pat_yaml(&format!("dry-{n}"), "dry run")) {
-            Ok(pat) => pat,
-            Err(_) => continue,
-        };
+        let review = reviews.create(&create, &ask);
+        let pat: PersonalAccessToken =
+            match serde_yaml::from_str(&pat_yaml(&format!("dry-{n}"), "dry run")) {
+                Ok(pat) => pat,
+                Err(_) => continue,
+            };
         let admission = pats.create(&dry_run, &pat);
         let (review, admission) = tokio::join!(
             tokio::time::timeout(Duration::from_secs(10), review),
@@ -584,13 +682,12 @@ async fn run_load(clients: Vec<Client>, admin: Client, counts: Arc<Counts>, stop
         );
         counts.reviews.fetch_add(1, Ordering::Relaxed);
         let reviewed = matches!(&review, Ok(Ok(r)) if r.status.as_ref().and_then(|s| s.user_info.as_ref()).and_then(|u| u.username.as_deref()) == Some(USER));
-        if !reviewed {
-            counts.failed_reviews.fetch_add(1, Ordering::Relaxed);
+        if !reviewed && counts.failed_reviews.fetch_add(1, Ordering::Relaxed) < 5 {
             eprintln!("TokenReview failed: {review:?}");
         }
         counts.admissions.fetch_add(1, Ordering::Relaxed);
-        if !matches!(admission, Ok(Ok(_))) {
-            counts.failed_admissions.fetch_add(1, Ordering::Relaxed);
+        let admitted = matches!(&admission, Ok(Ok(pat)) if pat.spec.owner.as_ref().map(|o| o.username.as_str()) == Some(USER));
+        if !admitted && counts.failed_admissions.fetch_add(1, Ordering::Relaxed) < 5 {
             eprintln!("admission failed: {admission:?}");
         }
     }
@@ -602,7 +699,14 @@ fn uninstall_removes_the_release(cluster: &TestCluster) -> Result<()> {
     let helm = patrol_e2e::chart::Helm::for_cluster(cluster)?;
     let manifest = helm.ok(&["get", "manifest", node::RELEASE, "--namespace", NAMESPACE])?;
     let rendered = patrol_e2e::chart::Manifest::parse(&manifest)?;
-    helm.ok(&["uninstall", node::RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout=120s"])?;
+    helm.ok(&[
+        "uninstall",
+        node::RELEASE,
+        "--namespace",
+        NAMESPACE,
+        "--wait",
+        "--timeout=120s",
+    ])?;
     let mut left = Vec::new();
     let mut kept = Vec::new();
     for doc in &rendered.docs {
@@ -617,15 +721,28 @@ fn uninstall_removes_the_release(cluster: &TestCluster) -> Result<()> {
         let found = !String::from_utf8_lossy(&out.stdout).trim().is_empty();
         match (kind, found) {
             ("CustomResourceDefinition", true) => kept.push(name.to_owned()),
-            ("CustomResourceDefinition", false) => bail!("helm uninstall deleted the kept CRD {name}"),
+            ("CustomResourceDefinition", false) => {
+                bail!("helm uninstall deleted the kept CRD {name}")
+            }
             (_, true) => left.push(format!("{kind}/{name}")),
             (_, false) => {}
         }
     }
     ensure!(left.is_empty(), "helm uninstall left {left:?}");
     assert_eq!(kept.len(), 2, "both CRDs are kept: {kept:?}");
-    let pods = cluster.kubectl_ok(&["get", "pods", "-n", NAMESPACE, "-o", "name"])?;
-    ensure!(pods.trim().is_empty(), "pods left after uninstall: {pods}");
+    // The Deployments are gone; their pods finish terminating (drain delay, grace).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pods = cluster.kubectl_ok(&["get", "pods", "-n", NAMESPACE, "-o", "name"])?;
+        if pods.trim().is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "pods left 90 s after uninstall: {pods}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     println!(
         "helm uninstall removed {} objects; kept {kept:?}; left in {NAMESPACE}: {}",
         rendered.docs.len() - kept.len(),
