@@ -438,7 +438,9 @@ async fn workload_jobs(cluster: &TestCluster, scratch: &Path) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(
-        logs.contains("400") && !logs.contains("PodList"),
+        logs.contains("token exchange refused")
+            && logs.contains("invalid_request")
+            && !logs.contains("PodList"),
         "the intruder's Job failed for another reason:\n{logs}"
     );
     Ok(())
