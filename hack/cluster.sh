@@ -24,7 +24,7 @@
 # (--authentication-token-webhook-config-file, v1) and accepts JWTs from Patrol's issuer
 # through a structured authentication configuration. Until Patrol runs, those simply fail
 # over to the other authenticators; the admin client certificate always works.
-#   - with the node, Patrol is the Helm chart's pods behind the fixed ClusterIP 10.0.0.100:
+#   - with the node, Patrol is the Helm chart's pods behind the fixed ClusterIP 10.0.0.12:
 #     the apiserver's files name that address and a CA made here (patrol-ca), and the
 #     Secret patrol-system/patrol-webhook-ca hands the CA to the chart, which signs its
 #     serving certificate with it. `values.yaml` in the state directory holds the chart
@@ -176,17 +176,21 @@ up() {
 export PATROL_CLUSTER_DIR=$dir
 export PATROL_BIN=$bin
 export PATROL_APISERVER_PORT=$api_port
-export PATROL_WEBHOOK_PORT=$webhook_port
-export PATROL_WEBHOOK_URL=https://127.0.0.1:$webhook_port
-export PATROL_WEBHOOK_CERT=$dir/pki/webhook.crt
-export PATROL_WEBHOOK_KEY=$dir/pki/webhook.key
 export PATROL_CA=$dir/pki/ca.crt
 export PATROL_JWT_AUDIENCE=kubernetes-patrol
 export KUBECONFIG=$dir/kubeconfig
 export PATROL_NODE=$node
 export PATROL_ISSUER=$patrol_url
 ENV
-  if [[ $node == 1 ]]; then
+  if [[ $node != 1 ]]; then
+    # Where tests run patrol-webhook as a host process, and the certificate it serves.
+    cat >>"$dir/env" <<ENV
+export PATROL_WEBHOOK_PORT=$webhook_port
+export PATROL_WEBHOOK_URL=https://127.0.0.1:$webhook_port
+export PATROL_WEBHOOK_CERT=$dir/pki/webhook.crt
+export PATROL_WEBHOOK_KEY=$dir/pki/webhook.key
+ENV
+  else
     cat >>"$dir/env" <<ENV
 export PATROL_NODE_NAME=$NODE_NAME
 export PATROL_NODE_IP=$NODE_IP

@@ -7,7 +7,7 @@
 #   as its ServiceAccount -> introspected -> revoked -> refused everywhere.
 #
 # The kube-apiserver reaches the token service through the chart's Service (fixed
-# ClusterIP 10.0.0.100, see hack/cluster.sh), for admission, TokenReview and the JWT
+# ClusterIP 10.0.0.12, see hack/cluster.sh), for admission, TokenReview and the JWT
 # authenticator's discovery. Everything started is stopped at the end; with
 # PATROL_DEMO_KEEP=1 the cluster, the release and the objects are left running (stop them
 # with `make cluster-down`).

@@ -11,8 +11,11 @@
 #   pods           10.244.0.0/24 on the CNI bridge patrol-cni0 (bridge + host-local)
 #   services       10.0.0.0/24, routed to patrol-node0; kube-proxy (iptables) DNATs them
 #   cluster DNS    10.0.0.10 (CoreDNS, cluster.local only: it forwards nothing)
-#   Patrol         10.0.0.100, the fixed ClusterIP the kube-apiserver's token webhook and
-#                  JWT authenticator are pointed at before the chart is installed
+#   Patrol         10.0.0.12, the fixed ClusterIP the kube-apiserver's token webhook and
+#                  JWT authenticator are pointed at before the chart is installed. Like
+#                  the DNS address it sits in the range's lower band, which the apiserver
+#                  keeps for static addresses: a Service created first (the chart's own
+#                  operator-metrics Service, say) can take any upper-band address
 #   runtime        /run/patrol-node/ (containerd and runc state, sockets, CNI IPAM)
 #
 # Pods reach each other, the node and services; a FORWARD rule rejects anything from the
@@ -26,7 +29,7 @@ POD_CIDR=10.244.0.0/16
 POD_SUBNET=10.244.0.0/24
 SERVICE_CIDR=10.0.0.0/24
 DNS_IP=10.0.0.10
-PATROL_SERVICE_IP=10.0.0.100
+PATROL_SERVICE_IP=10.0.0.12
 NODE_RUN=/run/patrol-node
 CONTAINERD_SOCK=$NODE_RUN/containerd.sock
 

@@ -90,32 +90,24 @@ pub fn cluster_dir(cluster: &TestCluster) -> Result<PathBuf> {
 /// values and `extra` flags, then waits until both Deployments are rolled out. Returns
 /// the time from `helm install` to both Ready.
 pub fn install(cluster: &TestCluster, extra: &[&str]) -> Result<Duration> {
-    let helm = Helm::for_cluster(cluster)?;
-    let chart = chart_dir();
-    let values = cluster.var("PATROL_CHART_VALUES")?;
     let started = Instant::now();
-    let mut args = vec![
-        "install",
-        RELEASE,
-        chart.to_str().context("chart path")?,
-        "--namespace",
-        NAMESPACE,
-        "-f",
-        values,
-    ];
-    args.extend_from_slice(extra);
-    helm.ok(&args)?;
+    helm_release(cluster, "install", extra)?;
     wait_rolled_out(cluster, Duration::from_secs(240))?;
     Ok(started.elapsed())
 }
 
 /// `helm upgrade` with the cluster's values and `extra` flags (no wait).
 pub fn upgrade(cluster: &TestCluster, extra: &[&str]) -> Result<()> {
+    helm_release(cluster, "upgrade", extra)
+}
+
+/// `helm VERB patrol charts/patrol -n patrol-system -f <the cluster's values> EXTRA...`.
+fn helm_release(cluster: &TestCluster, verb: &str, extra: &[&str]) -> Result<()> {
     let helm = Helm::for_cluster(cluster)?;
     let chart = chart_dir();
     let values = cluster.var("PATROL_CHART_VALUES")?;
     let mut args = vec![
-        "upgrade",
+        verb,
         RELEASE,
         chart.to_str().context("chart path")?,
         "--namespace",
@@ -150,25 +142,26 @@ pub fn wait_rolled_out(cluster: &TestCluster, timeout: Duration) -> Result<()> {
 
 /// What the release namespace's pods look like, for failure messages.
 pub fn describe_pods(cluster: &TestCluster) -> String {
-    let run = |args: &[&str]| {
-        cluster
-            .kubectl()
-            .args(args)
-            .output()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                )
-            })
-            .unwrap_or_else(|e| e.to_string())
-    };
+    let run = |args: &[&str]| output_text(cluster.kubectl().args(args));
     format!(
         "{}\n{}",
         run(&["get", "pods", "-n", NAMESPACE, "-o", "wide"]),
         run(&["get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp"])
     )
+}
+
+/// What a command printed, stdout then stderr (or why it could not run), for messages.
+pub fn output_text(command: &mut Command) -> String {
+    command
+        .output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_else(|e| e.to_string())
 }
 
 /// Uninstalls the release when dropped, unless `uninstalled` was set (a failed test must

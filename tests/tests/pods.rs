@@ -58,6 +58,8 @@ async fn the_chart_runs_patrol_as_pods_on_the_node() -> Result<()> {
         "pod-security.kubernetes.io/enforce=restricted",
         "--overwrite",
     ])?;
+    // An earlier release (the demo's, a failed run's) may still be terminating its pods.
+    wait_no_terminating_pods(cluster, Duration::from_secs(90)).await?;
     let ready_after = node::install(cluster, &[])?;
     let mut installed = node::Installed {
         cluster,
@@ -378,22 +380,10 @@ async fn workload_jobs(cluster: &TestCluster, scratch: &Path) -> Result<()> {
     std::fs::write(scratch.join("workload-exchange.yaml"), &example)?;
     let started = Instant::now();
     apply_as_user(cluster, &example)?;
-    let out = cluster
-        .kubectl()
-        .args([
-            "wait",
-            "-n",
-            NS,
-            "job/build-report",
-            "--for=condition=Complete",
-            "--timeout=180s",
-        ])
-        .output()?;
-    let logs = job_logs(cluster, "build-report");
+    let (done, logs) = wait_job(cluster, "build-report", "Complete", 180)?;
     ensure!(
-        out.status.success(),
-        "the workload Job did not complete: {}\nlogs:\n{logs}\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        done,
+        "the workload Job did not complete; logs:\n{logs}\n{}",
         cluster
             .kubectl_ok(&["describe", "job", "build-report", "-n", NS])
             .unwrap_or_default()
@@ -420,23 +410,8 @@ async fn workload_jobs(cluster: &TestCluster, scratch: &Path) -> Result<()> {
         .replace("backoffLimit: 2", "backoffLimit: 0");
     cluster.kubectl_ok(&["create", "serviceaccount", "intruder", "-n", NS])?;
     apply_as_user(cluster, &intruder)?;
-    let out = cluster
-        .kubectl()
-        .args([
-            "wait",
-            "-n",
-            NS,
-            "job/build-report-intruder",
-            "--for=condition=Failed",
-            "--timeout=120s",
-        ])
-        .output()?;
-    let logs = job_logs(cluster, "build-report-intruder");
-    ensure!(
-        out.status.success(),
-        "the intruder's Job did not fail: {}\nlogs:\n{logs}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (failed, logs) = wait_job(cluster, "build-report-intruder", "Failed", 120)?;
+    ensure!(failed, "the intruder's Job did not fail; logs:\n{logs}");
     ensure!(
         logs.contains("token exchange refused")
             && logs.contains("invalid_request")
@@ -446,19 +421,27 @@ async fn workload_jobs(cluster: &TestCluster, scratch: &Path) -> Result<()> {
     Ok(())
 }
 
-fn job_logs(cluster: &TestCluster, job: &str) -> String {
-    cluster
+/// Waits up to `seconds` for the Job's `condition`; returns whether it came, and the logs.
+fn wait_job(
+    cluster: &TestCluster,
+    job: &str,
+    condition: &str,
+    seconds: u64,
+) -> Result<(bool, String)> {
+    let job = format!("job/{job}");
+    let waited = cluster
         .kubectl()
-        .args(["logs", "-n", NS, &format!("job/{job}"), "--all-containers"])
-        .output()
-        .map(|o| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
-        .unwrap_or_else(|e| e.to_string())
+        .args(["wait", "-n", NS, &job])
+        .arg(format!("--for=condition={condition}"))
+        .arg(format!("--timeout={seconds}s"))
+        .output()?;
+    let logs =
+        node::output_text(
+            cluster
+                .kubectl()
+                .args(["logs", "-n", NS, &job, "--all-containers"]),
+        );
+    Ok((waited.status.success(), logs))
 }
 
 fn image_ref(which: &str) -> Result<String> {
