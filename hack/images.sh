@@ -83,15 +83,16 @@ base_rootfs() {
 # add_binary DIR FILE DEST: FILE at DEST in the image, with every shared library it links
 # (and the dynamic loader) at the same path it has here.
 add_binary() {
-  local root=$1 file=$2 dest=$3 lib
+  local root=$1 file=$2 dest=$3 lib real
   install -D -m 0755 "$file" "$root$dest"
   # Debug sections (line tables of the release profile) stay out; symbols stay for backtraces.
   [[ -n ${strip:-} ]] && strip --strip-debug "$root$dest"
   if ldd "$file" >/dev/null 2>&1; then
     while read -r lib; do
       [[ -n $lib && -e $lib ]] || continue
+      real=$(readlink -f "$lib")
       # Keep the file's mode: the dynamic loader must stay executable.
-      install -D -m "$(stat -c %a "$(readlink -f "$lib")")" "$(readlink -f "$lib")" "$root$lib"
+      install -D -m "$(stat -c %a "$real")" "$real" "$root$lib"
     done < <(ldd "$file" | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (.*/\1/p')
   fi
 }
@@ -100,24 +101,25 @@ add_binary() {
 # an OCI archive whose index names it REF (for containerd) and its tag (for other tools).
 pack() {
   local root=$1 ref=$2 archive=$3; shift 3
-  local name=${ref%:*} tag=${ref##*:} work t
+  local tag=${ref##*:} work t created
   work=$(mktemp -d)
   t=$(epoch)
+  created=$(date -u -d "@$t" +%Y-%m-%dT%H:%M:%SZ)
   find "$root" -exec touch -h -d "@$t" {} +
   umoci init --layout "$work/layout"
   umoci new --image "$work/layout:$tag"
   umoci unpack --image "$work/layout:$tag" "$work/bundle" >/dev/null
   cp -a "$root/." "$work/bundle/rootfs/"
-  umoci repack --image "$work/layout:$tag" --history.created "$(date -u -d "@$t" +%Y-%m-%dT%H:%M:%SZ)" \
+  umoci repack --image "$work/layout:$tag" --history.created "$created" \
     --history.created_by "hack/images.sh" "$work/bundle"
   local entry=() arg
   for arg in "$@"; do entry+=(--config.entrypoint "$arg"); done
-  umoci config --image "$work/layout:$tag" --created "$(date -u -d "@$t" +%Y-%m-%dT%H:%M:%SZ)" \
+  umoci config --image "$work/layout:$tag" --created "$created" \
     --os linux --architecture amd64 --config.user 65532:65532 --config.workingdir / \
     --config.env PATH=/usr/local/bin:/usr/bin:/bin --clear config.cmd "${entry[@]}" \
     --config.label "org.opencontainers.image.source=https://example.invalid/patrol" \
     --config.label "org.opencontainers.image.version=$tag" \
-    --history.created_by "hack/images.sh config" --history.created "$(date -u -d "@$t" +%Y-%m-%dT%H:%M:%SZ)"
+    --history.created_by "hack/images.sh config" --history.created "$created"
   umoci gc --layout "$work/layout"
   python3 - "$work/layout/index.json" "$ref" <<'PY'
 import json, sys

@@ -67,7 +67,6 @@ node_network() {
   ip addr add "$NODE_IP/24" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   ip route add "$SERVICE_CIDR" dev "$NODE_BRIDGE" src "$NODE_IP"
-  mkdir -p "$dir/node"
   printf 'ip_forward=%s\nbridge_nf=%s\n' "$(cat /proc/sys/net/ipv4/ip_forward)" \
     "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables)" >"$NODE_RUN/sysctl.saved"
   echo 1 >/proc/sys/net/ipv4/ip_forward
@@ -201,11 +200,11 @@ node_start() {
   log "starting containerd (socket $CONTAINERD_SOCK)"
   start containerd containerd --config "$n/containerd.toml"
   wait_for containerd 30 ctr --address "$CONTAINERD_SOCK" version
-  local archive
-  for archive in $("$here/images.sh" node); do
-    "$here/images.sh" import "$archive" 2>/dev/null ||
-      { log "importing $archive into containerd failed"; return 1; }
-  done
+  local archives
+  archives=$("$here/images.sh" node)
+  # shellcheck disable=SC2086
+  "$here/images.sh" import $archives 2>/dev/null ||
+    { log "importing $archives into containerd failed"; return 1; }
   log "starting kube-scheduler, kube-proxy and kubelet (node $NODE_NAME at $NODE_IP)"
   start scheduler "$bin/kube-scheduler" --kubeconfig "$n/scheduler.kubeconfig" \
     --authentication-kubeconfig "$n/scheduler.kubeconfig" --authorization-kubeconfig "$n/scheduler.kubeconfig" \
