@@ -96,6 +96,8 @@ run helm upgrade --install patrol charts/patrol --namespace patrol-system -f "$P
 note "(helm prints NOTES.txt, a first-token walk-through; this demo is a longer one)"
 k rollout status -n patrol-system deployment/patrol-operator --timeout 240s >/dev/null
 k rollout status -n patrol-system deployment/patrol-webhook --timeout 240s >/dev/null
+# Ready pods become a reachable Service once kube-proxy has their endpoints (about a second).
+for _ in $(seq 1 150); do curl -fsS --max-time 2 --cacert "$PATROL_CA" "$PATROL_URL/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
 run kubectl get pods -n patrol-system -o wide
 note "both Deployments Ready $(( SECONDS - install_started )) s after helm install"
 

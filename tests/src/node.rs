@@ -93,7 +93,31 @@ pub fn install(cluster: &TestCluster, extra: &[&str]) -> Result<Duration> {
     let started = Instant::now();
     helm_release(cluster, "install", extra)?;
     wait_rolled_out(cluster, Duration::from_secs(240))?;
+    wait_service_answers(cluster, Duration::from_secs(30))?;
     Ok(started.elapsed())
+}
+
+/// Ready pods are not yet a reachable Service: kube-proxy programs the new endpoints about
+/// a second later, and until then the apiserver's webhook calls meet a refused connection.
+/// Waits until `/readyz` answers through the Service address the apiserver uses.
+fn wait_service_answers(cluster: &TestCluster, timeout: Duration) -> Result<()> {
+    let url = format!("{}/readyz", cluster.var("PATROL_ISSUER")?);
+    let ca = cluster.var("PATROL_WEBHOOK_CA")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = Command::new("curl")
+            .args(["-fsS", "--max-time", "2", "--cacert", ca, &url])
+            .output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{url} did not answer within {timeout:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `helm upgrade` with the cluster's values and `extra` flags (no wait).
