@@ -18,6 +18,8 @@
 #                               <repo>/.patrol/cluster-api without the node)
 #   PATROL_USE_EXISTING_CLUSTER when 1, use the cluster $KUBECONFIG points at; start nothing
 #   PATROL_TOKEN_WEBHOOK_TTL    apiserver cache TTL for Patrol's TokenReview answers (default 0s)
+#   PATROL_AUTHZ_CACHE_TTL      apiserver cache TTL for Patrol's authorization answers (default:
+#                               none cached, so a revoked token is refused at its next request)
 #   PATROL_OWNER_PID            stop the cluster when this process exits (used by tests)
 #
 # The apiserver is started ready for Patrol: it asks Patrol to authenticate bearer tokens
@@ -235,6 +237,40 @@ contexts:
 current-context: patrol
 KUBECONFIG
 
+  # Kube-apiserver -> Patrol: authorization of requests made with Patrol tokens (and only
+  # those: the match condition looks for the token id that Patrol's TokenReview answers and
+  # the JWT claim mappings below add). Before RBAC, so Patrol can deny what a token's scopes
+  # do not permit, and revoked or expired tokens at once; otherwise RBAC decides.
+  sed "s|$patrol_url/authenticate|$patrol_url/authorize|" "$dir/token-webhook.kubeconfig" >"$dir/authz-webhook.kubeconfig"
+  local authz_ttl=${PATROL_AUTHZ_CACHE_TTL:-} authz_cache=false
+  [[ -n $authz_ttl ]] && authz_cache=true
+  {
+    echo "apiVersion: apiserver.config.k8s.io/v1"
+    echo "kind: AuthorizationConfiguration"
+    echo "authorizers:"
+    [[ $node == 1 ]] && printf '%s\n' "- type: Node" "  name: node"
+    cat <<AUTHZ
+- type: Webhook
+  name: patrol
+  webhook:
+    timeout: 3s
+    subjectAccessReviewVersion: v1
+    matchConditionSubjectAccessReviewVersion: v1
+    failurePolicy: Deny
+    authorizedTTL: ${authz_ttl:-1s}
+    cacheAuthorizedRequests: $authz_cache
+    unauthorizedTTL: ${authz_ttl:-1s}
+    cacheUnauthorizedRequests: $authz_cache
+    connectionInfo:
+      type: KubeConfigFile
+      kubeConfigFile: $dir/authz-webhook.kubeconfig
+    matchConditions:
+    - expression: "has(request.extra) && 'patrol.dev/token-id' in request.extra"
+- type: RBAC
+  name: rbac
+AUTHZ
+  } >"$dir/authorization-config.yaml"
+
   # Kube-apiserver -> Patrol: exchanged JWTs, verified against Patrol's OIDC discovery + JWKS.
   local ca_pem; ca_pem=$(sed 's/^/        /' "$patrol_ca")
   cat >"$dir/authentication-config.yaml" <<AUTHN
@@ -253,6 +289,8 @@ $ca_pem
     extra:
     - key: patrol.dev/token-id
       valueExpression: "has(claims.patrol_tid) ? claims.patrol_tid : ''"
+    - key: patrol.dev/scopes
+      valueExpression: "has(claims.scope) ? claims.scope : ''"
 AUTHN
 
   log "starting etcd on 127.0.0.1:$etcd_port"
@@ -276,12 +314,13 @@ AUTHN
     --authentication-token-webhook-version v1
     --authentication-token-webhook-cache-ttl "$ttl"
     --authentication-config "$dir/authentication-config.yaml"
+    --authorization-config "$dir/authorization-config.yaml"
     --profiling=false --v=1
   )
   if [[ $node == 1 ]]; then
     node_apiserver_args
   else
-    api_args+=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --authorization-mode RBAC
+    api_args+=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1
       --endpoint-reconciler-type none)
   fi
   # Kept so `restart-apiserver` starts it again exactly the same way.

@@ -118,15 +118,17 @@ spec:
 YAML
 sed 's/^/  /' "$work/policy.yaml"
 run kubectl apply -f "$work/policy.yaml"
-note "...and lets the read:pods scope read pods (scopes become groups: patrol:scope:<scope>)"
+note "...and says what each scope permits (TokenScopes, examples/token-scopes.yaml): a token with"
+note "scopes may do only what its owner may AND what one of its scopes permits"
+run kubectl apply -f examples/token-scopes.yaml
 k create role pod-reader -n patrol-demo --verb get,list --resource pods --dry-run=client -o yaml | k apply -f - >/dev/null
-k create rolebinding pod-readers -n patrol-demo --role pod-reader --group 'patrol:scope:read:pods' \
+k create rolebinding alice-pod-reader -n patrol-demo --role pod-reader --user alice \
   --dry-run=client -o yaml | k apply -f - >/dev/null
-# Alice may manage her tokens, read and delete the Secrets they arrive in, and deploy the
-# workload example; reading pods is what her token's scope will add.
+# Alice may manage her tokens, read pods, read and delete Secrets, and deploy the workload
+# example; her tokens' scopes narrow that down.
 k create role token-owner -n patrol-demo --verb get,list,watch,create,update,patch,delete \
   --resource personalaccesstokens.patrol.dev --dry-run=client -o yaml | k apply -f - >/dev/null
-k create role token-reader -n patrol-demo --verb get,delete --resource secrets --dry-run=client -o yaml | k apply -f - >/dev/null
+k create role token-reader -n patrol-demo --verb get,list,delete --resource secrets --dry-run=client -o yaml | k apply -f - >/dev/null
 k create role workload-deployer -n patrol-demo --verb get,list,create,update,patch \
   --resource serviceaccounts,jobs.batch --dry-run=client -o yaml | k apply -f - >/dev/null
 for role in token-owner token-reader workload-deployer; do
@@ -188,9 +190,11 @@ kt() { "$PATROL_BIN/kubectl" --kubeconfig "$work/bare.kubeconfig" "$@"; }
 say "kubectl with the PAT: the kube-apiserver asks patrol-webhook (TokenReview, through its Service) who it is"
 printf '%s$ kubectl --token="$PAT" auth whoami%s\n' "$bold" "$reset"
 kt --token="$PAT" auth whoami | sed 's/^/  /'
-printf '%s$ kubectl --token="$PAT" get pods   # the read:pods scope group may%s\n' "$bold" "$reset"
+printf '%s$ kubectl --token="$PAT" get pods   # alice may, and the read:pods scope permits it%s\n' "$bold" "$reset"
 kt --token="$PAT" get pods 2>&1 | sed 's/^/  /'
-printf '%s$ kubectl --token="$PAT" get secrets   # nothing grants alice this%s\n' "$bold" "$reset"
+say "Scopes restrict: the kube-apiserver asks patrol-webhook (authorization webhook, before RBAC)"
+run kubectl --as alice get secrets -n patrol-demo
+printf '%s$ kubectl --token="$PAT" get secrets   # alice may, her read:pods token may not%s\n' "$bold" "$reset"
 if kt --token="$PAT" get secrets 2>&1 | sed 's/^/  /'; then echo "the PAT may list Secrets" >&2; exit 1; fi
 
 say "Exchange the PAT for a short-lived JWT (RFC 8693): examples/clients/exchange.sh"

@@ -188,7 +188,7 @@ YAML
 node_apiserver_args() {
   api_args+=(
     --bind-address 0.0.0.0 --advertise-address "$NODE_IP"
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
+    --enable-admission-plugins NodeRestriction
     --kubelet-preferred-address-types InternalIP
     --kubelet-client-certificate "$dir/pki/apiserver-kubelet-client.crt"
     --kubelet-client-key "$dir/pki/apiserver-kubelet-client.key"

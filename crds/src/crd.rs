@@ -2,7 +2,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::v1alpha1::{PersonalAccessToken, TokenPolicy};
+use crate::v1alpha1::{PersonalAccessToken, TokenPolicy, TokenScope};
 
 /// File name and YAML document for every CRD, in a stable order.
 pub fn all() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
@@ -15,6 +15,7 @@ pub fn all() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
             "patrol.dev_tokenpolicies.yaml",
             render(&TokenPolicy::crd())?,
         ),
+        ("patrol.dev_tokenscopes.yaml", render(&TokenScope::crd())?),
     ])
 }
 

@@ -204,6 +204,8 @@ pub struct EffectivePolicy {
     pub idle_timeout: Option<Limit<StdDuration>>,
     /// One entry per policy that restricts scopes: a scope is allowed iff every entry allows it.
     pub allowed_scopes: Vec<ScopeRule>,
+    /// The first policy (by name) requiring every token to name a scope; `None`: not required.
+    pub scopes_required_by: Option<String>,
     /// One entry per policy that restricts retention; allowed iff every entry allows it.
     pub allowed_retention: Vec<AllowList<Retention>>,
     /// The shortest maximum reveal window.
@@ -221,6 +223,8 @@ pub struct EffectivePolicy {
     /// The policy that decided `allow_system_groups` (the first denying one, else the first
     /// allowing one); `None` when no policy sets `owners`.
     pub system_groups_policy: Option<String>,
+    /// Groups the selecting policies name as privileged (their union), beyond the defaults.
+    pub privileged_groups: Vec<String>,
 }
 
 /// A rule a token breaks, with the policy that set it.
@@ -300,12 +304,14 @@ struct Rules {
     max_lifetime: Option<StdDuration>,
     idle_timeout: Option<StdDuration>,
     allowed_scopes: Option<Vec<ScopePattern>>,
+    scopes_required: bool,
     allowed_retention: Option<Vec<Retention>>,
     max_reveal_window: Option<StdDuration>,
     exchange_max_ttl: Option<StdDuration>,
     exchange_audiences: Option<Vec<String>>,
     warn_before: Option<StdDuration>,
     allow_system_groups: Option<bool>,
+    privileged_groups: Vec<String>,
 }
 
 impl PolicySet {
@@ -435,6 +441,7 @@ impl Rules {
             )?,
             idle_timeout: parse("spec.idleTimeout", spec.idle_timeout.as_ref())?,
             allowed_scopes,
+            scopes_required: spec.require_scopes,
             allowed_retention: secret.and_then(|s| s.allowed_retention.clone()),
             max_reveal_window: parse(
                 "spec.secret.maxRevealWindow",
@@ -450,6 +457,11 @@ impl Rules {
                 spec.rotation.as_ref().and_then(|r| r.warn_before.as_ref()),
             )?,
             allow_system_groups: spec.owners.as_ref().map(|o| o.allow_system_groups),
+            privileged_groups: spec
+                .owners
+                .as_ref()
+                .map(|o| o.privileged_groups.clone())
+                .unwrap_or_default(),
         })
     }
 }
@@ -518,6 +530,18 @@ pub fn is_privileged_system_group(group: &str) -> bool {
         && group != "system:authenticated"
         && group != "system:serviceaccounts"
         && !group.starts_with("system:serviceaccounts:")
+}
+
+/// Administrator groups outside `system:` that common installers bind to `cluster-admin`;
+/// treated like system groups. Policies add more (`owners.privilegedGroups`).
+pub const DEFAULT_PRIVILEGED_GROUPS: &[&str] = &["kubeadm:cluster-admins"];
+
+/// Whether members of `group` may not own tokens (without `allowSystemGroups`): a
+/// privileged system group, a default administrator group, or one a policy names.
+pub fn is_privileged_group(group: &str, named_by_policy: &[String]) -> bool {
+    is_privileged_system_group(group)
+        || DEFAULT_PRIVILEGED_GROUPS.contains(&group)
+        || named_by_policy.iter().any(|g| g == group)
 }
 
 /// What the spec asks for as an expiry.
@@ -614,6 +638,9 @@ impl EffectivePolicy {
             name,
             |new, old| new > old,
         );
+        if rules.scopes_required && self.scopes_required_by.is_none() {
+            self.scopes_required_by = Some(name.to_owned());
+        }
         if let Some(patterns) = &rules.allowed_scopes {
             self.allowed_scopes.push(ScopeRule {
                 policy: name.to_owned(),
@@ -631,6 +658,11 @@ impl EffectivePolicy {
                 policy: name.to_owned(),
                 values: values.clone(),
             });
+        }
+        for group in &rules.privileged_groups {
+            if !self.privileged_groups.contains(group) {
+                self.privileged_groups.push(group.clone());
+            }
         }
         if let Some(allow) = rules.allow_system_groups {
             let first_vote = self.system_groups_policy.is_none();
@@ -873,6 +905,18 @@ impl EffectivePolicy {
             Requested::Unreadable => {}
         }
 
+        if spec.scopes.is_empty()
+            && let Some(policy) = &self.scopes_required_by
+        {
+            violation(
+                "spec.scopes".into(),
+                Some(policy),
+                format!(
+                    "policy {policy} requires every token to name at least one scope (a token without scopes may do everything its owner may); add the scopes this token needs, e.g. scopes: [\"read:pods\"]"
+                ),
+            );
+        }
+
         for (i, scope) in spec.scopes.iter().enumerate() {
             if let Some(rule) = self.scope_denied_by(scope) {
                 let allowed = if rule.patterns.is_empty() {
@@ -957,14 +1001,19 @@ impl EffectivePolicy {
             for (i, group) in groups
                 .iter()
                 .enumerate()
-                .filter(|(_, g)| is_privileged_system_group(g))
+                .filter(|(_, g)| is_privileged_group(g, &self.privileged_groups))
             {
+                let kind = if is_privileged_system_group(group) {
+                    "a Kubernetes system group"
+                } else {
+                    "a privileged group"
+                };
                 let message = match &self.system_groups_policy {
                     Some(policy) => format!(
-                        "owner group {group:?} is a Kubernetes system group and policy {policy} does not allow tokens for owners in system groups; create the token as an identity outside system groups, or set spec.owners.allowSystemGroups: true in policy {policy}"
+                        "owner group {group:?} is {kind} and policy {policy} does not allow tokens for owners in system groups; create the token as an identity outside system groups, or set spec.owners.allowSystemGroups: true in policy {policy}"
                     ),
                     None => format!(
-                        "owner group {group:?} is a Kubernetes system group, and tokens for owners in system groups are refused unless a TokenPolicy governing this namespace sets spec.owners.allowSystemGroups: true; create the token as an identity outside system groups"
+                        "owner group {group:?} is {kind}, and tokens for owners in system groups are refused unless a TokenPolicy governing this namespace sets spec.owners.allowSystemGroups: true; create the token as an identity outside system groups"
                     ),
                 };
                 violation(
@@ -1108,6 +1157,7 @@ mod tests {
     fn owners(allow: bool) -> Option<OwnerPolicy> {
         Some(OwnerPolicy {
             allow_system_groups: allow,
+            ..Default::default()
         })
     }
 
@@ -1233,6 +1283,8 @@ mod tests {
                 warn_before: limit("7d", "org"),
                 allow_system_groups: true,
                 system_groups_policy: Some(name),
+                scopes_required_by: None,
+                privileged_groups: vec![],
             }
         );
         assert_eq!(effective.default_audience(), Some("vault"));
@@ -2076,6 +2128,77 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[test]
+    fn required_scopes_refuse_unscoped_tokens_only() {
+        let effective = set(&[
+            ("a-open", TokenPolicySpec::default()),
+            (
+                "b-scoped",
+                TokenPolicySpec {
+                    require_scopes: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "c-scoped-too",
+                TokenPolicySpec {
+                    require_scopes: true,
+                    ..Default::default()
+                },
+            ),
+        ])
+        .effective_for(&BTreeMap::new());
+        assert_eq!(effective.scopes_required_by.as_deref(), Some("b-scoped"));
+
+        let unscoped = pat();
+        let violations = effective.admission_violations(&unscoped, now());
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].field, "spec.scopes");
+        assert_eq!(violations[0].policy.as_deref(), Some("b-scoped"));
+        assert!(violations[0].message.contains("at least one scope"));
+
+        let mut scoped = pat();
+        scoped.scopes = vec!["read:pods".into()];
+        assert!(effective.admission_violations(&scoped, now()).is_empty());
+        assert!(
+            everywhere(&[("open", TokenPolicySpec::default())])
+                .admission_violations(&unscoped, now())
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn administrator_groups_outside_system_are_privileged_too() {
+        let mut spec = pat();
+        if let Some(owner) = spec.owner.as_mut() {
+            owner.groups = vec!["kubeadm:cluster-admins".into(), "platform-admins".into()];
+        }
+        let none = EffectivePolicy::default();
+        let violations = none.admission_violations(&spec, now());
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].field, "spec.owner.groups[0]");
+        assert!(violations[0].message.contains("is a privileged group"));
+
+        let named = everywhere(&[(
+            "admins",
+            TokenPolicySpec {
+                owners: Some(OwnerPolicy {
+                    privileged_groups: vec!["platform-admins".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )]);
+        let fields: Vec<String> = named
+            .admission_violations(&spec, now())
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["spec.owner.groups[0]", "spec.owner.groups[1]"]);
+        assert!(!is_privileged_group("developers", &[]));
+        assert!(!is_privileged_group("system:authenticated", &[]));
     }
 
     #[test]

@@ -75,6 +75,12 @@ pub struct TokenRecord {
     /// Scopes granted (requested ∩ allowed by policy).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Whether the token is restricted to its scopes. True whenever the PAT asked for any
+    /// scope, even if policy granted none of them: such a token may do nothing beyond
+    /// discovery, never everything its owner may. Records written before this field
+    /// existed read as scoped exactly when they hold scopes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scoped: bool,
     pub issued_at: DateTime<Utc>,
     /// Instant after which the token is refused; for a rotated-out token, the grace end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +212,7 @@ mod tests {
                 groups: vec!["dev".into()],
             },
             scopes: vec!["read:pods".into()],
+            scoped: false,
             issued_at: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
                 .expect("time")
                 .to_utc(),

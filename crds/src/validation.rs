@@ -711,6 +711,7 @@ mod tests {
             }),
             idle_timeout: Some("30d".into()),
             allowed_scopes: Some(vec!["read:*".into(), "deploy/?".into()]),
+            require_scopes: false,
             secret: Some(SecretPolicy {
                 allowed_retention: Some(vec![Retention::OneTime]),
                 max_reveal_window: Some("1h".into()),

@@ -152,6 +152,7 @@ pub fn new_record(
         hint,
         owner: pat.spec.owner.clone().unwrap_or_default(),
         scopes: Vec::new(),
+        scoped: false,
         issued_at,
         expires_at: None,
         idle_timeout_seconds: None,
@@ -176,6 +177,9 @@ fn apply_claims(
 ) {
     record.owner = pat.spec.owner.clone().unwrap_or_default();
     record.scopes = resolved.granted_scopes.clone();
+    // Once scoped, always scoped: emptying spec.scopes must not turn a restricted token
+    // into one with its owner's full rights.
+    record.scoped = record.scoped || !pat.spec.scopes.is_empty();
     record.expires_at = resolved.expires_at;
     record.idle_timeout_seconds = resolved.idle_timeout.map(|d| d.as_secs());
     let spec_audiences = pat
@@ -2098,6 +2102,7 @@ mod tests {
         Expect {
             actions: vec![Action::UpdateRecord(Box::new(TokenRecord {
                 scopes: vec!["read:pods".into()],
+                scoped: true,
                 ..wide.clone()
             }))],
             phase: Phase::Active,

@@ -103,6 +103,7 @@ fn stored_record(token_id: &str) -> TokenRecord {
             groups: vec!["dev".into()],
         },
         scopes: vec!["read:pods".into()],
+        scoped: false,
         issued_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time"),
         expires_at: None,
         idle_timeout_seconds: None,

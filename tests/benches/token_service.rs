@@ -12,6 +12,13 @@
 //!   runs on other connections, vs the same measurement without the flood.
 //! - (d) revocation latency: `spec.revoked: true` or `kubectl delete pat` until the
 //!   webhook refuses the token, p50 / p99.
+//! - (e) authorization: SubjectAccessReviews for a scoped PAT at `/authorize` vs the
+//!   kube-apiserver's own SubjectAccessReview API (RBAC alone); and a pod list through the
+//!   kube-apiserver with the scoped PAT (authentication cache + Patrol's authorizer + RBAC)
+//!   vs the same list with a client certificate: the latency Patrol adds.
+//!
+//! The webhook listens on the port the apiserver's webhooks name (hack/cluster.sh), so the
+//! apiserver consults it for (e).
 //!
 //! Load: closed loop, HTTP/1.1 keep-alive, `PATROL_BENCH_CONNECTIONS` (32) connections,
 //! `PATROL_BENCH_RUNS` (3) runs of `PATROL_BENCH_SECONDS` (15) s each, the target and its
@@ -147,7 +154,8 @@ impl Bench {
                 ..Default::default()
             },
         )?;
-        let port = process::free_port()?;
+        // The apiserver's token webhook, authorizer and JWT issuer all name this port.
+        let port: u16 = cluster.var("PATROL_WEBHOOK_PORT")?.parse()?;
         let webhook_url = format!("https://127.0.0.1:{port}");
         let args: Vec<String> = [
             "--listen",
@@ -708,6 +716,137 @@ async fn revocation(bench: &Bench) -> Result<()> {
     Ok(())
 }
 
+/// (e).
+async fn authorization(bench: &Bench, token: &str) -> Result<()> {
+    let s = &bench.settings;
+    let ns = &bench.ns.name;
+    let token_id = patrol_api::token::parse(token)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .id()
+        .to_string();
+    // The PATs' owner may read pods in the bench namespace; read:pods permits it.
+    bench.cluster.kubectl_ok(&[
+        "create", "rolebinding", "bench-view", "-n", ns, "--clusterrole", "view",
+        "--user", "bench@example.com",
+    ])?;
+    patrol_e2e::token_service::define_scope(
+        bench.cluster,
+        "bench-read-pods",
+        "read:pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await?;
+    let review = |extra: Value| {
+        Bytes::from(
+            serde_json::to_vec(&json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": "bench@example.com", "groups": ["bench-team", "system:authenticated"],
+                    "extra": extra,
+                    "resourceAttributes": {"namespace": ns, "verb": "list", "version": "v1", "resource": "pods"},
+                },
+            }))
+            .expect("json"),
+        )
+    };
+    let patrol_body = review(json!({"patrol.dev/token-id": [token_id]}));
+    let kube_body = review(json!({}));
+    let webhook = bench.webhook_client(s.connections)?;
+    let apiserver = bench.apiserver_client(s.connections)?;
+    let bearer = load::https_client(&bench.ca, None, s.connections)?;
+    let pods_url = format!("{}/api/v1/namespaces/{ns}/pods?limit=1", bench.apiserver_url);
+    // Warm: the apiserver authenticates the PAT once (then from its 10 s cache).
+    let probe = Request::get(&pods_url)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = bearer.request(probe.clone()).await?.status();
+        if status == StatusCode::OK {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "listing pods with the scoped PAT answers {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut patrol = Row::new("patrol-webhook /authorize, scoped PAT");
+    let mut kube = Row::new("kube-apiserver SubjectAccessReview (RBAC)");
+    let mut with_pat = Row::new("GET pods via apiserver, scoped PAT");
+    let mut with_cert = Row::new("GET pods via apiserver, client cert");
+    for run in 1..=s.runs {
+        eprintln!("[bench] authorization run {run}/{}", s.runs);
+        let (url, body) = (format!("{}/authorize", bench.webhook_url), patrol_body.clone());
+        patrol.runs.push(
+            bench
+                .load(
+                    &webhook,
+                    move || post(&url, "application/json", body.clone()),
+                    |status, body| status == StatusCode::OK && contains(body, b"\"allowed\":false"),
+                )
+                .await?,
+        );
+        let url = format!(
+            "{}/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            bench.apiserver_url
+        );
+        let body = kube_body.clone();
+        kube.runs.push(
+            bench
+                .load(
+                    &apiserver,
+                    move || post(&url, "application/json", body.clone()),
+                    |status, body| status.is_success() && contains(body, b"\"allowed\""),
+                )
+                .await?,
+        );
+        let (url, auth) = (pods_url.clone(), format!("Bearer {token}"));
+        with_pat.runs.push(
+            bench
+                .load(
+                    &bearer,
+                    move || {
+                        Request::get(&url)
+                            .header(header::AUTHORIZATION, &auth)
+                            .body(Full::new(Bytes::new()))
+                            .expect("request")
+                    },
+                    |status, _| status == StatusCode::OK,
+                )
+                .await?,
+        );
+        let url = pods_url.clone();
+        with_cert.runs.push(
+            bench
+                .load(
+                    &apiserver,
+                    move || Request::get(&url).body(Full::new(Bytes::new())).expect("request"),
+                    |status, _| status == StatusCode::OK,
+                )
+                .await?,
+        );
+    }
+    print_table(
+        "(e) SubjectAccessReview: Patrol's authorizer vs the apiserver's API (ratio vs the apiserver)",
+        &[&patrol, &kube],
+        &kube,
+    );
+    print_table(
+        "    a pod list through the apiserver: scoped PAT vs client certificate (ratio vs the certificate)",
+        &[&with_pat, &with_cert],
+        &with_cert,
+    );
+    let (pat, cert) = (with_pat.median(), with_cert.median());
+    println!(
+        "  latency Patrol adds: p50 {:+.2} ms, p99 {:+.2} ms",
+        pat.p50_ms() - cert.p50_ms(),
+        pat.p99_ms() - cert.p99_ms()
+    );
+    Ok(())
+}
+
 /// A token with a real token id, another secret and a valid checksum: only argon2 can
 /// refuse it, so every presentation costs one full verify.
 fn forge_wrong_secret(token: &str) -> String {
@@ -749,6 +888,7 @@ async fn main() -> Result<()> {
     token_review(&bench, hot, &sa_token, &flood_token).await?;
     exchange(&bench, hot, "bench-reviewer").await?;
     revocation(&bench).await?;
+    authorization(&bench, hot).await?;
 
     let rss = process::peak_rss_kib(bench.webhook.id()).unwrap_or_default();
     println!("\npatrol-webhook peak RSS: {:.1} MiB", rss as f64 / 1024.0);

@@ -25,6 +25,7 @@ pub mod load;
 pub mod node;
 pub mod operator;
 pub mod process;
+pub mod token_service;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::{

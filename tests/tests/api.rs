@@ -5,7 +5,7 @@ use kube::{
     Api, ResourceExt,
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
 };
-use patrol_api::v1alpha1::{PersonalAccessToken, TokenPolicy};
+use patrol_api::v1alpha1::PersonalAccessToken;
 use patrol_e2e::{FIELD_MANAGER, TestCluster, TestNamespace, eventually, repo_root};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -20,6 +20,7 @@ fn resource(kind: &str) -> ApiResource {
     let (group, version, plural) = match kind {
         "PersonalAccessToken" => ("patrol.dev", "v1alpha1", "personalaccesstokens"),
         "TokenPolicy" => ("patrol.dev", "v1alpha1", "tokenpolicies"),
+        "TokenScope" => ("patrol.dev", "v1alpha1", "tokenscopes"),
         // What the workload example runs alongside its token.
         "ServiceAccount" => ("", "v1", "serviceaccounts"),
         "Job" => ("batch", "v1", "jobs"),
@@ -119,7 +120,7 @@ async fn examples_apply_and_reapply_as_no_op() -> Result<()> {
                 .map(|t| t.kind.clone())
                 .unwrap_or_default();
             let api: Api<DynamicObject> = match kind.as_str() {
-                "TokenPolicy" => Api::all_with(client.clone(), &resource(&kind)),
+                "TokenPolicy" | "TokenScope" => Api::all_with(client.clone(), &resource(&kind)),
                 _ => Api::namespaced_with(client.clone(), &ns.name, &resource(&kind)),
             };
             let name = obj.name_any();
@@ -145,8 +146,8 @@ async fn examples_apply_and_reapply_as_no_op() -> Result<()> {
                     "re-applying {what} changed it"
                 );
             }
-            if kind == "TokenPolicy" {
-                applied_policies.push(name);
+            if kind == "TokenPolicy" || kind == "TokenScope" {
+                applied_policies.push((kind, name));
             }
             count += 1;
         }
@@ -155,10 +156,10 @@ async fn examples_apply_and_reapply_as_no_op() -> Result<()> {
         count >= 4,
         "expected the examples to hold at least 4 objects, found {count}"
     );
-    // Cluster-scoped policies would govern other tests' namespaces: remove them.
-    let policies: Api<TokenPolicy> = Api::all(client);
-    for name in applied_policies {
-        policies.delete(&name, &Default::default()).await?;
+    // Cluster-scoped policies and scopes would govern other tests' tokens: remove them.
+    for (kind, name) in applied_policies {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(&kind));
+        api.delete(&name, &Default::default()).await?;
     }
     Ok(())
 }

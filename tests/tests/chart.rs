@@ -230,6 +230,7 @@ fn default_render_has_every_object_in_the_release_namespace() -> Result<()> {
         "ClusterRoleBinding/patrol-webhook",
         "CustomResourceDefinition/personalaccesstokens.patrol.dev",
         "CustomResourceDefinition/tokenpolicies.patrol.dev",
+        "CustomResourceDefinition/tokenscopes.patrol.dev",
         "Deployment/patrol-operator",
         "Deployment/patrol-webhook",
         "MutatingWebhookConfiguration/patrol",
@@ -315,6 +316,8 @@ fn rbac_is_exactly_what_the_binaries_use() -> Result<()> {
             {"apiGroups": ["patrol.dev"], "resources": ["personalaccesstokens"], "verbs": ["get"]},
             {"apiGroups": ["patrol.dev"], "resources": ["personalaccesstokens/status"], "verbs": ["patch"]},
             {"apiGroups": ["patrol.dev"], "resources": ["tokenpolicies"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["patrol.dev"], "resources": ["tokenscopes"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
@@ -1627,6 +1630,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
         "crd",
         "personalaccesstokens.patrol.dev",
         "tokenpolicies.patrol.dev",
+        "tokenscopes.patrol.dev",
     ])?;
     println!(
         "chart install, run under its ServiceAccounts and uninstall took {:?}",

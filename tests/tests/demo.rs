@@ -41,6 +41,10 @@ fn the_demo_runs_a_token_through_its_whole_life() -> Result<()> {
     expect("Active", "the token becoming Active");
     expect("alice", "kubectl with the PAT acting as alice");
     expect("patrol:scope:read:pods", "the scope group");
+    expect(
+        "is limited to scope read:pods",
+        "the authorization webhook refusing what the scope does not permit",
+    );
     expect("\"access_token\"", "the exchange answer");
     expect("\"iss\"", "PyJWT's verified claims");
     expect(

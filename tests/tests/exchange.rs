@@ -440,6 +440,7 @@ impl Env {
             hint: token.hint(),
             owner: pat.spec.owner.clone().context("owner")?,
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            scoped: false,
             issued_at: Utc::now(),
             expires_at,
             idle_timeout_seconds: None,
@@ -782,6 +783,15 @@ async fn an_exchanged_jwt_works_with_kubectl_and_rbac_applies_to_its_groups() ->
     let i = env
         .issue("laptop", &["read:pods", "deploy"], None, grant(&[]))
         .await?;
+    // Scopes restrict (Patrol's authorization webhook): read:pods must permit reading pods
+    // for the scope group's RoleBinding to matter.
+    patrol_e2e::token_service::define_scope(
+        env.cluster,
+        "e2e-read-pods",
+        "read:pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await?;
     env.wait_indexed(i).await?;
     let (jwt, answer) = env.exchange_ok(i, &[("scope", "read:pods")]).await?;
     assert_eq!(answer["issued_token_type"], TT_ACCESS);

@@ -279,6 +279,13 @@ kind: RoleBinding
 metadata: {{name: read-pods-scope, namespace: {NS}}}
 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
 subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "patrol:scope:read:pods"}}]
+---
+apiVersion: patrol.dev/v1alpha1
+kind: TokenScope
+metadata: {{name: e2e-pods-read-pods}}
+spec:
+  scope: "read:pods"
+  rules: [{{apiGroups: [""], resources: [pods], verbs: [get, list, watch]}}]
 "#
     );
     let out = cluster.kubectl_stdin(&["apply", "-f", "-"], &manifest)?;

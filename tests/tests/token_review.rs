@@ -293,6 +293,7 @@ impl Env {
             hint: token.hint(),
             owner: pat.spec.owner.clone().context("owner")?,
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            scoped: false,
             issued_at: Utc::now(),
             expires_at,
             idle_timeout_seconds: None,
@@ -411,6 +412,15 @@ async fn kubectl_with_a_pat_acts_as_its_owner_with_scope_groups() -> Result<()> 
     let _port = WEBHOOK_PORT.lock().await;
     let audiences = format!("{APISERVER_AUDIENCE},{EXTRA_AUDIENCE}");
     let mut env = Env::start("tr-owner", &["--audiences", &audiences]).await?;
+    // Scopes restrict (Patrol's authorization webhook): read:pods must permit reading pods
+    // for the scope group's RoleBinding to matter.
+    patrol_e2e::token_service::define_scope(
+        env.cluster,
+        "e2e-read-pods",
+        "read:pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await?;
     let i = env.issue("laptop", &["read:pods", "deploy"], None).await?;
     env.wait_accepted(i).await?;
 

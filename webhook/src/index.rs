@@ -45,6 +45,8 @@ pub struct IndexedRecord {
     groups: u32,
     scopes: u32,
     has_uid: bool,
+    /// Restricted to its scopes (see [`TokenRecord::scoped`]).
+    scoped: bool,
     issued_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
     idle_timeout_seconds: Option<u64>,
@@ -73,6 +75,7 @@ impl IndexedRecord {
             hash,
             owner,
             scopes,
+            scoped,
             issued_at,
             expires_at,
             idle_timeout_seconds,
@@ -80,6 +83,7 @@ impl IndexedRecord {
             exchange,
             ..
         } = record;
+        let scoped = scoped || !scopes.is_empty();
         let uid = owner.uid.unwrap_or_default();
         let fields: Vec<&str> = [hash.as_str(), owner.username.as_str(), uid.as_str()]
             .into_iter()
@@ -101,6 +105,7 @@ impl IndexedRecord {
             groups: u32::try_from(owner.groups.len()).unwrap_or(u32::MAX),
             scopes: u32::try_from(scopes.len()).unwrap_or(u32::MAX),
             has_uid: !uid.is_empty(),
+            scoped,
             issued_at,
             expires_at,
             idle_timeout_seconds,
@@ -145,6 +150,12 @@ impl IndexedRecord {
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         let first = 3 + self.groups as usize;
         (first..first + self.scopes as usize).map(|i| self.field(i))
+    }
+
+    /// Whether the token may do only what its scopes permit; `false`: everything its
+    /// owner may.
+    pub fn is_scoped(&self) -> bool {
+        self.scoped
     }
 
     pub fn pat_namespace(&self) -> &str {
@@ -193,6 +204,7 @@ impl IndexedRecord {
             && self.groups == other.groups
             && self.scopes == other.scopes
             && self.has_uid == other.has_uid
+            && self.scoped == other.scoped
             && self.issued_at == other.issued_at
             && self.expires_at == other.expires_at
             && self.idle_timeout_seconds == other.idle_timeout_seconds
@@ -524,6 +536,7 @@ pub(crate) mod tests {
                 groups: vec!["dev".into()],
             },
             scopes: vec!["read:pods".into()],
+            scoped: false,
             issued_at: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
                 .unwrap()
                 .to_utc(),

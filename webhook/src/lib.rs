@@ -9,6 +9,8 @@
 //!   rate limits, argon2, expiry and idle time — built from [`cache`], [`limiter`],
 //!   [`verify_pool`] and [`usage`] (lastUsedAt write-back).
 //! - [`token_review`]: TokenReview requests and answers, pure.
+//! - [`authz`]: the authorization webhook: a Patrol token does only what its owner may
+//!   and its scopes permit; revoked and expired tokens are denied at once.
 //! - [`admission`]: the admission webhooks (owner stamping, policy and escalation checks)
 //!   and the webhook configurations that route the apiserver to them.
 //! - [`exchange`] (RFC 8693) and [`introspect`] (RFC 7662): the OAuth decisions, pure,
@@ -23,6 +25,7 @@
 //! design) are the only token-derived values that appear in logs.
 
 pub mod admission;
+pub mod authz;
 pub mod cache;
 pub mod exchange;
 pub mod index;

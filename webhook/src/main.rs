@@ -141,6 +141,8 @@ fn init_tracing(format: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
+    IdentityMapping::check_scope_group_prefix(&args.scope_group_prefix)
+        .map_err(anyhow::Error::msg)?;
     install_ring_provider();
     let settings = Settings {
         listen: args.listen,

@@ -75,6 +75,15 @@ pub struct UpstreamReviewLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorizationLabels {
+    /// `no_opinion` or `denied`.
+    pub decision: &'static str,
+    /// Why, e.g. `unscoped`, `in_scope`, `discovery`, `out_of_scope`, `unknown_token`,
+    /// `expired`, `not_synced`, `malformed`.
+    pub reason: &'static str,
+}
+
 /// All metric families, registered once at startup and shared by every part.
 pub struct Metrics {
     registry: Registry,
@@ -102,6 +111,9 @@ pub struct Metrics {
     pub oauth_upstream_reviews: Family<UpstreamReviewLabels, Counter>,
     pub signing_key_writes: Family<ResultLabels, Counter>,
     pub signing_keys: Gauge,
+    pub authorizations: Family<AuthorizationLabels, Counter>,
+    pub scope_catalog_scopes: Gauge,
+    pub scope_catalog_synced: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -261,6 +273,24 @@ impl Default for Metrics {
             "Signing keys held (previous, current and next)",
             signing_keys.clone(),
         );
+        let authorizations = Family::<AuthorizationLabels, Counter>::default();
+        registry.register(
+            "authorizations",
+            "SubjectAccessReviews answered for requests made with Patrol tokens, by decision and reason",
+            authorizations.clone(),
+        );
+        let scope_catalog_scopes = Gauge::default();
+        registry.register(
+            "scope_catalog_scopes",
+            "Scopes defined by TokenScopes",
+            scope_catalog_scopes.clone(),
+        );
+        let scope_catalog_synced = Gauge::default();
+        registry.register(
+            "scope_catalog_synced",
+            "1 once the TokenScope and ClusterRole caches have synced",
+            scope_catalog_synced.clone(),
+        );
         Self {
             registry,
             requests,
@@ -287,6 +317,9 @@ impl Default for Metrics {
             oauth_upstream_reviews,
             signing_key_writes,
             signing_keys,
+            authorizations,
+            scope_catalog_scopes,
+            scope_catalog_synced,
         }
     }
 }
@@ -297,6 +330,12 @@ impl Metrics {
         let mut out = String::with_capacity(8 * 1024);
         encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    pub fn record_authorization(&self, decision: &'static str, reason: &'static str) {
+        self.authorizations
+            .get_or_create(&AuthorizationLabels { decision, reason })
+            .inc();
     }
 
     pub fn record_request(&self, route: &'static str, code: u16, seconds: f64) {

@@ -22,7 +22,8 @@ use kube::{Api, Client};
 use tracing::info;
 
 use crate::{
-    admission::{Admission, KubeCluster, SubjectAccessReviewer},
+    admission::{Admission, KubeCluster, SubjectAccessReviewer, TokenContext},
+    authz::{self, watch::CatalogCell},
     index::{self, RecordIndex},
     issuer::Issuer,
     metrics::Metrics,
@@ -117,9 +118,22 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
     tokio::spawn(index::run_watch(secrets, index, on_change));
     let (cluster, admission_watches) = KubeCluster::new(client.clone(), metrics.clone());
     tokio::spawn(admission_watches);
-    let admission = Arc::new(Admission::new(
-        cluster,
-        Arc::new(SubjectAccessReviewer::new(client.clone())),
+    let catalog = Arc::new(CatalogCell::default());
+    let admission = Arc::new(
+        Admission::new(
+            cluster,
+            Arc::new(SubjectAccessReviewer::new(client.clone())),
+            metrics.clone(),
+        )
+        .with_tokens(TokenContext {
+            index: validator.index().clone(),
+            catalog: catalog.clone(),
+            scope_group_prefix: settings.identity.scope_group_prefix.clone(),
+        }),
+    );
+    tokio::spawn(authz::watch::run(
+        client.clone(),
+        catalog.clone(),
         metrics.clone(),
     ));
     tokio::spawn(usage::run_writer(client, usage_rx, metrics.clone()));
@@ -154,6 +168,7 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
         identity: settings.identity.clone(),
         metrics,
         admission,
+        catalog,
         draining: draining.clone(),
     }));
     let app = routes::router(state, &settings.http);

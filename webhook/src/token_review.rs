@@ -63,6 +63,29 @@ impl Default for IdentityMapping {
     }
 }
 
+impl IdentityMapping {
+    /// Refuses a scope-group prefix that would let a token's creator pick its groups:
+    /// scopes are chosen by whoever creates a token, so an empty prefix makes a scope any
+    /// group (`system:masters` among them), and a `system:` prefix names groups the
+    /// apiserver reserves.
+    pub fn check_scope_group_prefix(prefix: &str) -> Result<(), String> {
+        if prefix.is_empty() {
+            return Err("--scope-group-prefix must not be empty: scopes are chosen by whoever creates a token, so without a prefix a scope could name any group (system:masters included); keep the default patrol:scope: or pick another prefix of your own".into());
+        }
+        if prefix.starts_with("system:") {
+            return Err(format!(
+                "--scope-group-prefix {prefix:?} starts with system:, which the kube-apiserver reserves for its own groups; pick a prefix outside system:, e.g. patrol:scope:"
+            ));
+        }
+        if !prefix.ends_with(':') && !prefix.ends_with('/') && !prefix.ends_with('-') {
+            return Err(format!(
+                "--scope-group-prefix {prefix:?} must end with ':', '/' or '-' so that no scope can complete it into another group's name"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A TokenReview request, read and checked. The token is wiped when dropped.
 pub struct ReviewRequest {
     pub token: Zeroizing<String>,
@@ -230,6 +253,22 @@ pub fn unauthenticated() -> ReviewResponse {
         error: Some(REJECTED.to_owned()),
         ..TokenReviewStatus::default()
     })
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::IdentityMapping;
+
+    #[test]
+    fn scope_group_prefixes_that_would_let_a_scope_name_any_group_are_refused() {
+        assert!(IdentityMapping::check_scope_group_prefix("patrol:scope:").is_ok());
+        for bad in ["", "system:", "system:scope:", "patrol"] {
+            assert!(
+                IdentityMapping::check_scope_group_prefix(bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

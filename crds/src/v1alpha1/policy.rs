@@ -45,6 +45,11 @@ pub struct TokenPolicySpec {
     #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
     pub allowed_scopes: Option<Vec<String>>,
 
+    /// Every token must name at least one scope. A token without scopes may do everything
+    /// its owner may; with this set, such tokens are refused at admission.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_scopes: bool,
+
     /// Rules for the Secret delivering the plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretPolicy>,
@@ -121,6 +126,13 @@ pub struct OwnerPolicy {
     /// Allow owners in `system:` groups (such as `system:masters`). Off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_system_groups: bool,
+    /// More groups whose members may not own tokens (unless `allowSystemGroups`), beyond
+    /// Patrol's own list: every `system:` group but the ones all users and ServiceAccounts
+    /// get, and well-known administrator groups such as `kubeadm:cluster-admins`. Name the
+    /// groups your cluster binds to powerful roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set"))]
+    pub privileged_groups: Vec<String>,
 }
 
 /// Observed state of a policy.

@@ -40,6 +40,7 @@ use crate::metrics::Metrics;
 pub mod cluster;
 pub mod config;
 pub mod owner;
+pub mod parent;
 pub mod review;
 pub mod rules;
 
@@ -181,11 +182,20 @@ pub fn operation_label(operation: &Operation) -> &'static str {
     }
 }
 
+/// What admission needs to judge requests made with Patrol tokens (see [`parent`]).
+pub struct TokenContext {
+    pub index: Arc<crate::index::RecordIndex>,
+    pub catalog: Arc<crate::authz::watch::CatalogCell>,
+    pub scope_group_prefix: String,
+}
+
 /// The admission service: decisions plus the cluster state they need.
 pub struct Admission {
     cluster: Arc<dyn ClusterView>,
     reviewer: Arc<dyn AccessReviewer>,
     metrics: Arc<Metrics>,
+    /// `None`: requests made with Patrol tokens are refused (nothing to judge them by).
+    tokens: Option<TokenContext>,
 }
 
 impl Admission {
@@ -198,7 +208,14 @@ impl Admission {
             cluster,
             reviewer,
             metrics,
+            tokens: None,
         }
+    }
+
+    /// Judges requests made with Patrol tokens against the index and the scope catalog.
+    pub fn with_tokens(mut self, tokens: TokenContext) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// Whether the TokenPolicy and Namespace caches have synced (readiness).
@@ -212,7 +229,10 @@ impl Admission {
         let mut response = AdmissionResponse::from(request);
         let stamp = match (target, &request.operation, &request.object) {
             (Target::Token, Operation::Create, Some(object)) if request.sub_resource.is_none() => {
-                owner::stamp_owner(object, &request.user_info)
+                let scope_groups = parent::parent_token(&request.user_info)
+                    .and(self.tokens.as_ref())
+                    .map(|t| t.scope_group_prefix.as_str());
+                owner::stamp_owner(object, &request.user_info, scope_groups)
             }
             _ => None,
         };
@@ -350,6 +370,28 @@ impl Admission {
         warnings.extend(policy.invalid_policies.iter().map(|p| {
             format!("TokenPolicy {p} is invalid and not enforced here; see kubectl describe tokenpolicy {p}")
         }));
+
+        if let Some(token) = parent::parent_token(&request.user_info) {
+            problems.extend(match &self.tokens {
+                Some(ctx) => {
+                    let record = ctx.index.get(&token.id);
+                    let catalog = ctx.catalog.current();
+                    parent::minted_by_token(
+                        &token,
+                        record.as_deref(),
+                        catalog.as_deref(),
+                        &namespace,
+                        &new.spec,
+                        &ctx.scope_group_prefix,
+                        now,
+                    )
+                }
+                None => vec![Problem::escalation(
+                    "spec",
+                    "this request was made with a Patrol token, and this webhook cannot judge those; use your own credentials",
+                )],
+            });
+        }
 
         let mut annotations = BTreeMap::new();
         if let Some(owner) = rules::owner_to_check(old.as_ref().map(|o| &o.spec), &new.spec) {

@@ -69,12 +69,23 @@ pub fn owner_of(user: &UserInfo) -> Option<TokenOwner> {
 
 /// The JSON patch that sets `spec.owner` to the requester, when the object has a `spec`
 /// without an owner; `None` otherwise (an object without `spec` is left to the schema).
-pub fn stamp_owner(object: &DynamicObject, user: &UserInfo) -> Option<Patch> {
+/// Groups starting with `scope_groups` (when given: the requester authenticated with a
+/// Patrol token, whose scopes surface as groups) are the token's, not the owner's, and
+/// are left out.
+pub fn stamp_owner(
+    object: &DynamicObject,
+    user: &UserInfo,
+    scope_groups: Option<&str>,
+) -> Option<Patch> {
     let spec = object.data.get("spec")?.as_object()?;
     if spec.get("owner").is_some_and(|o| !o.is_null()) {
         return None;
     }
-    let owner = serde_json::to_value(owner_of(user)?).ok()?;
+    let mut owner = owner_of(user)?;
+    if let Some(prefix) = scope_groups {
+        owner.groups.retain(|g| !g.starts_with(prefix));
+    }
+    let owner = serde_json::to_value(owner).ok()?;
     Some(Patch(vec![PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(["spec", "owner"]),
         value: owner,

@@ -1189,6 +1189,7 @@ fn app(admission: Arc<Admission>) -> axum::Router {
         identity: IdentityMapping::default(),
         metrics: h.metrics,
         admission,
+        catalog: Default::default(),
         draining: Default::default(),
     }));
     router(state, &HttpLimits::default())

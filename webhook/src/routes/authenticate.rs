@@ -135,6 +135,7 @@ mod tests {
             identity,
             metrics: h.metrics,
             admission: crate::admission::tests::synced(),
+            catalog: Default::default(),
             draining: Default::default(),
         }));
         (router(state, &HttpLimits::default()), validator)
@@ -333,6 +334,7 @@ mod tests {
             identity: IdentityMapping::default(),
             metrics,
             admission: crate::admission::tests::synced(),
+            catalog: Default::default(),
             draining: draining.clone(),
         }));
         let app = router(state, &HttpLimits::default());

@@ -24,6 +24,7 @@ use crate::{metrics::Metrics, token_review::IdentityMapping, validate::Validator
 
 pub mod admission;
 pub mod authenticate;
+pub mod authorize;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub const ROUTES: &[&str] = &[
     admission::MUTATE,
     admission::VALIDATE,
     authenticate::PATH,
+    authorize::PATH,
     health::HEALTHZ,
     health::READYZ,
     metrics::PATH,
@@ -84,6 +86,8 @@ pub struct AppContext {
     pub identity: IdentityMapping,
     pub metrics: Arc<Metrics>,
     pub admission: Arc<crate::admission::Admission>,
+    /// What each scope permits, for the authorization webhook.
+    pub catalog: Arc<crate::authz::watch::CatalogCell>,
     /// Set on SIGTERM: readiness fails from then on, so the replica leaves its Service
     /// while it still serves whatever is routed to it.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -105,6 +109,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
     Router::new()
         .merge(admission::routes(limits))
         .merge(authenticate::routes(limits))
+        .merge(authorize::routes(limits))
         .merge(health::routes())
         .merge(metrics::routes())
         .merge(oauth::routes(limits))

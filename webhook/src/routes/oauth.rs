@@ -288,6 +288,7 @@ mod tests {
             identity: IdentityMapping::default(),
             metrics: metrics.clone(),
             admission: crate::admission::tests::synced(),
+            catalog: Default::default(),
             draining: Default::default(),
         }));
         let mut router = router(state, &HttpLimits::default());

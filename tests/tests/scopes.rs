@@ -1,0 +1,413 @@
+//! Scopes that restrict, enforced by the real kube-apiserver: its structured authorization
+//! configuration (hack/cluster.sh) calls Patrol's `/authorize` before RBAC, for requests
+//! made with Patrol tokens only.
+//!
+//! The owner here is a cluster-admin through RBAC (not `system:masters`, which the
+//! apiserver lets through before any authorizer runs, and which Patrol refuses as an owner
+//! by default), so every refusal below is Patrol's scope, not the owner's rights.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::{core::v1::Pod, rbac::v1::ClusterRoleBinding};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use patrol_api::v1alpha1::{TokenOwner, TokenScope};
+use patrol_e2e::{
+    FIELD_MANAGER, TestCluster, TestNamespace, eventually,
+    token_service::{TokenService, jwt_claims},
+};
+use serde_json::json;
+
+/// Serialises the tests of this binary on the one webhook port the apiserver calls.
+static WEBHOOK_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ADMIN: &str = "scopes-admin@example.com";
+const REQUESTS_TO_AUTHORIZE: &str =
+    "patrol_webhook_http_requests_total{code=\"200\",route=\"/authorize\"}";
+
+fn admin() -> TokenOwner {
+    TokenOwner {
+        username: ADMIN.into(),
+        uid: Some("scopes-admin-uid".into()),
+        groups: vec!["scopes-admins".into()],
+    }
+}
+
+/// Cluster-scoped objects this binary creates (idempotent: applied, never removed, since
+/// their names are this binary's own).
+async fn setup(cluster: &TestCluster, view_namespace: &str) -> Result<()> {
+    let client = cluster.client().await?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "e2e-scopes-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": ADMIN}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch("e2e-scopes-admin", &params, &Patch::Apply(&binding))
+        .await?;
+    let scopes: Api<TokenScope> = Api::all(client);
+    for (name, spec) in [
+        (
+            "e2e-scopes-read-pods",
+            json!({"scope": "e2e:read-pods", "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]}),
+        ),
+        (
+            "e2e-scopes-read-configmaps",
+            json!({"scope": "e2e:read-configmaps", "rules": [
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]}),
+        ),
+        (
+            "e2e-scopes-view-one",
+            json!({"scope": "e2e:view-one", "clusterRoles": [
+                {"name": "view", "namespaces": [view_namespace]}]}),
+        ),
+    ] {
+        let object: TokenScope = serde_json::from_value(json!({
+            "apiVersion": "patrol.dev/v1alpha1", "kind": "TokenScope",
+            "metadata": {"name": name}, "spec": spec,
+        }))?;
+        scopes.patch(name, &params, &Patch::Apply(&object)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn scopes_restrict_pats_and_their_jwts_in_the_apiserver() -> Result<()> {
+    let _port = WEBHOOK_PORT.lock().await;
+    let mut svc = TokenService::start("scopes", &[]).await?;
+    let other = TestNamespace::create(svc.cluster, "scopes-other").await?;
+    setup(svc.cluster, &svc.pats.name).await?;
+    let ns = svc.pats.name.clone();
+
+    let read_pods = svc
+        .issue("read-pods", admin(), &["e2e:read-pods"], None)
+        .await?;
+    let two = svc
+        .issue(
+            "pods-and-configmaps",
+            admin(),
+            &["e2e:read-pods", "e2e:read-configmaps"],
+            None,
+        )
+        .await?;
+    let unscoped = svc.issue("everything", admin(), &[], None).await?;
+    let undefined = svc
+        .issue("undefined", admin(), &["e2e:nobody-defines-this"], None)
+        .await?;
+    let view_one = svc
+        .issue("view-one", admin(), &["e2e:view-one"], None)
+        .await?;
+    for i in [read_pods, two, unscoped, undefined, view_one] {
+        svc.wait_indexed(i).await?;
+    }
+    let token = svc.token(read_pods).to_owned();
+
+    // The scope permits reading pods, anywhere.
+    svc.kubectl_ok_as(&token, &["get", "pods", "-n", &ns], Duration::from_secs(20))
+        .await?;
+    svc.kubectl_ok_as(&token, &["get", "pods", "-A"], Duration::from_secs(5))
+        .await?;
+    // Discovery and whoami work for any scoped token.
+    let whoami = svc
+        .kubectl_ok_as(
+            &token,
+            &["auth", "whoami", "-o", "json"],
+            Duration::from_secs(5),
+        )
+        .await?;
+    ensure!(whoami.contains(ADMIN), "{whoami}");
+    // Its owner may do anything; the token may not.
+    for args in [
+        vec!["get", "secrets", "-n", ns.as_str()],
+        vec!["delete", "pod", "web-0", "-n", ns.as_str()],
+        vec!["get", "configmaps", "-n", ns.as_str()],
+        vec!["get", "nodes"],
+    ] {
+        let refused = svc.kubectl_refused_as(&token, &args)?;
+        println!(
+            "read-pods PAT, kubectl {}: {}",
+            args.join(" "),
+            refused.trim()
+        );
+        ensure!(
+            refused.contains("Forbidden")
+                && refused.contains("is limited to scope e2e:read-pods")
+                && refused.contains(svc.token_id(read_pods)),
+            "kubectl {}: {refused}",
+            args.join(" ")
+        );
+    }
+    // Tokens minting tokens: not without a scope that permits it.
+    let refused = svc.kubectl_refused_as(
+        &token,
+        &["create", "secret", "generic", "x", "-n", ns.as_str()],
+    )?;
+    ensure!(refused.contains("Forbidden"), "{refused}");
+
+    // Two scopes permit what either does.
+    let both = svc.token(two).to_owned();
+    for resource in ["pods", "configmaps"] {
+        svc.kubectl_ok_as(&both, &["get", resource, "-n", &ns], Duration::from_secs(5))
+            .await?;
+    }
+    svc.kubectl_refused_as(&both, &["get", "secrets", "-n", &ns])?;
+
+    // An unscoped token is the classic PAT: its owner's full rights.
+    svc.kubectl_ok_as(
+        svc.token(unscoped),
+        &["get", "secrets", "-n", &ns],
+        Duration::from_secs(5),
+    )
+    .await?;
+
+    // A scope no TokenScope defines permits nothing, and the refusal says why.
+    let refused = svc.kubectl_refused_as(svc.token(undefined), &["get", "pods", "-n", &ns])?;
+    ensure!(
+        refused.contains("e2e:nobody-defines-this is defined by no TokenScope"),
+        "{refused}"
+    );
+
+    // A scope that takes a ClusterRole's rules in one namespace.
+    let view = svc.token(view_one).to_owned();
+    svc.kubectl_ok_as(
+        &view,
+        &["get", "configmaps", "-n", &ns],
+        Duration::from_secs(5),
+    )
+    .await?;
+    svc.kubectl_refused_as(&view, &["get", "configmaps", "-n", &other.name])?;
+    svc.kubectl_refused_as(&view, &["get", "secrets", "-n", &ns])?;
+
+    // The JWT exchanged from a scoped PAT carries its scopes and the same limits.
+    let jwt = svc.exchange(read_pods, &[]).await?;
+    assert_eq!(jwt_claims(&jwt)?["scope"], "e2e:read-pods");
+    svc.kubectl_ok_as(&jwt, &["get", "pods", "-n", &ns], Duration::from_secs(60))
+        .await?;
+    let refused = svc.kubectl_refused_as(&jwt, &["get", "secrets", "-n", &ns])?;
+    ensure!(
+        refused.contains("is limited to scope e2e:read-pods"),
+        "{refused}"
+    );
+    // A JWT narrowed further is narrower still.
+    let narrow = svc
+        .exchange(two, &[("scope", "e2e:read-configmaps")])
+        .await?;
+    svc.kubectl_ok_as(
+        &narrow,
+        &["get", "configmaps", "-n", &ns],
+        Duration::from_secs(5),
+    )
+    .await?;
+    let refused = svc.kubectl_refused_as(&narrow, &["get", "pods", "-n", &ns])?;
+    ensure!(
+        refused.contains("limited to scope e2e:read-configmaps"),
+        "{refused}"
+    );
+    let wide = svc.exchange(two, &[]).await?;
+    svc.kubectl_ok_as(&wide, &["get", "pods", "-n", &ns], Duration::from_secs(5))
+        .await?;
+
+    // Requests without a Patrol token never reach the webhook.
+    let before = svc.metric(REQUESTS_TO_AUTHORIZE).await?;
+    ensure!(
+        before > 0.0,
+        "the apiserver called /authorize for Patrol tokens"
+    );
+    for args in [
+        vec!["get", "pods", "-n", ns.as_str()],
+        vec!["get", "secrets", "-A"],
+        vec!["auth", "whoami"],
+        vec!["get", "--raw", "/api"],
+    ] {
+        svc.cluster.kubectl_ok(&args)?;
+    }
+    let sa_token = svc
+        .cluster
+        .kubectl_ok(&["create", "token", "default", "-n", &ns])?;
+    let out = svc.kubectl_as(sa_token.trim(), &["get", "pods", "-n", &ns])?;
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("Forbidden"),
+        "the default ServiceAccount is judged by RBAC alone"
+    );
+    let after = svc.metric(REQUESTS_TO_AUTHORIZE).await?;
+    assert_eq!(
+        after, before,
+        "admin and ServiceAccount requests must not be sent to Patrol"
+    );
+    println!("/authorize calls for Patrol tokens: {after}; for others: 0");
+
+    svc.assert_logs_clean(&[&jwt, &narrow, &wide, sa_token.trim()])?;
+    Ok(())
+}
+
+/// From the revoking write's return to the first refused request, `samples` times.
+async fn revocation_latency(
+    svc: &mut TokenService,
+    label: &str,
+    samples: usize,
+    jwt: bool,
+) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let i = svc
+            .issue(&format!("{label}-{n}"), admin(), &["e2e:read-pods"], None)
+            .await?;
+        svc.wait_indexed(i).await?;
+        let bearer = if jwt {
+            svc.exchange(i, &[]).await?
+        } else {
+            svc.token(i).to_owned()
+        };
+        let kubeconfig = svc
+            .kubeconfig
+            .with_file_name(format!("{label}-{n}.kubeconfig"));
+        svc.cluster.bearer_kubeconfig(&kubeconfig, &bearer)?;
+        let pods: Api<Pod> = Api::namespaced(
+            svc.cluster.bearer_client(&kubeconfig).await?,
+            &svc.pats.name,
+        );
+        // In use: the apiserver has it in its authentication cache.
+        eventually(Duration::from_secs(60), || async {
+            pods.list(&ListParams::default()).await?;
+            Ok(())
+        })
+        .await
+        .with_context(|| format!("{label} {n} never worked"))?;
+        svc.delete_record(i).await?;
+        let revoked = Instant::now();
+        loop {
+            match pods.list(&ListParams::default()).await {
+                Err(kube::Error::Api(e)) if e.code == 403 || e.code == 401 => break,
+                _ if revoked.elapsed() > Duration::from_secs(30) => {
+                    anyhow::bail!("{label} {n} still works 30s after revocation")
+                }
+                _ => {}
+            }
+        }
+        latencies.push(revoked.elapsed());
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test]
+async fn revoked_tokens_and_their_jwts_are_refused_by_the_apiserver_at_once() -> Result<()> {
+    let _port = WEBHOOK_PORT.lock().await;
+    let mut svc = TokenService::start("scopes-revoke", &[]).await?;
+    setup(svc.cluster, &svc.pats.name).await?;
+    let pat = revocation_latency(&mut svc, "pat", 20, false).await?;
+    let jwt = revocation_latency(&mut svc, "jwt", 20, true).await?;
+    for (what, l) in [("PAT", &pat), ("JWT", &jwt)] {
+        println!(
+            "revocation through the apiserver ({what}, {} samples): p50 {:?}, p99 {:?}, max {:?}",
+            l.len(),
+            percentile(l, 50.0),
+            percentile(l, 99.0),
+            l[l.len() - 1]
+        );
+        ensure!(
+            percentile(l, 99.0) < Duration::from_secs(1),
+            "{what}: p99 {:?} is not under 1s",
+            percentile(l, 99.0)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhook_down_refuses_patrol_tokens_only() -> Result<()> {
+    let _port = WEBHOOK_PORT.lock().await;
+    let mut svc = TokenService::start("scopes-down", &[]).await?;
+    setup(svc.cluster, &svc.pats.name).await?;
+    let ns = svc.pats.name.clone();
+    let i = svc.issue("down", admin(), &["e2e:read-pods"], None).await?;
+    svc.wait_indexed(i).await?;
+    let jwt = svc.exchange(i, &[]).await?;
+    svc.kubectl_ok_as(&jwt, &["get", "pods", "-n", &ns], Duration::from_secs(60))
+        .await?;
+
+    svc.webhook.kill();
+    // The JWT is still authenticated (the apiserver verifies it offline), but nobody can
+    // say what it may do: refused.
+    let refused = svc.kubectl_refused_as(&jwt, &["get", "pods", "-n", &ns])?;
+    println!("JWT with the webhook down: {}", refused.trim());
+    ensure!(refused.contains("Forbidden"), "{refused}");
+    // Everyone else is unaffected.
+    svc.cluster.kubectl_ok(&["get", "pods", "-n", &ns])?;
+    let sa = svc
+        .cluster
+        .kubectl_ok(&["create", "token", "default", "-n", &ns])?;
+    svc.cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "default-view",
+        "-n",
+        &ns,
+        "--clusterrole",
+        "view",
+        &format!("--serviceaccount={ns}:default"),
+    ])?;
+    eventually(Duration::from_secs(10), || async {
+        let out = svc.kubectl_as(sa.trim(), &["get", "pods", "-n", &ns])?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })
+    .await?;
+
+    svc.restart("scopes-down-again", &[]).await?;
+    svc.kubectl_ok_as(&jwt, &["get", "pods", "-n", &ns], Duration::from_secs(20))
+        .await?;
+    Ok(())
+}
+
+/// A TokenScope that names neither rules nor ClusterRoles, or a rule mixing resources and
+/// URLs, is refused with a message that says what to fix.
+#[tokio::test]
+async fn invalid_token_scopes_are_refused() -> Result<()> {
+    let cluster = TestCluster::shared()?;
+    cluster.install_crds().await?;
+    let scopes: Api<TokenScope> = Api::all(cluster.client().await?);
+    for (spec, want) in [
+        (json!({}), "needs rules or clusterRoles"),
+        (
+            json!({"rules": [{"verbs": ["get"], "resources": ["pods"], "nonResourceURLs": ["/x"]}]}),
+            "either resources or nonResourceURLs",
+        ),
+        (
+            json!({"rules": [{"verbs": ["get"], "nonResourceURLs": ["/x"], "namespaces": ["a"]}]}),
+            "apply to resources only",
+        ),
+        (
+            json!({"scope": "bad scope", "rules": [{"verbs": ["get"], "resources": ["pods"]}]}),
+            "spec.scope",
+        ),
+    ] {
+        let object: TokenScope = serde_json::from_value(json!({
+            "apiVersion": "patrol.dev/v1alpha1", "kind": "TokenScope",
+            "metadata": {"name": "e2e-invalid"}, "spec": spec,
+        }))?;
+        let err = scopes
+            .create(&PostParams::default(), &object)
+            .await
+            .err()
+            .with_context(|| format!("{spec} was accepted"))?;
+        ensure!(err.to_string().contains(want), "{spec}: {err}");
+    }
+    let _ = scopes.delete("e2e-invalid", &DeleteParams::default()).await;
+    Ok(())
+}
