@@ -726,8 +726,15 @@ async fn authorization(bench: &Bench, token: &str) -> Result<()> {
         .to_string();
     // The PATs' owner may read pods in the bench namespace; read:pods permits it.
     bench.cluster.kubectl_ok(&[
-        "create", "rolebinding", "bench-view", "-n", ns, "--clusterrole", "view",
-        "--user", "bench@example.com",
+        "create",
+        "rolebinding",
+        "bench-view",
+        "-n",
+        ns,
+        "--clusterrole",
+        "view",
+        "--user",
+        "bench@example.com",
     ])?;
     patrol_e2e::token_service::define_scope(
         bench.cluster,
@@ -754,7 +761,10 @@ async fn authorization(bench: &Bench, token: &str) -> Result<()> {
     let webhook = bench.webhook_client(s.connections)?;
     let apiserver = bench.apiserver_client(s.connections)?;
     let bearer = load::https_client(&bench.ca, None, s.connections)?;
-    let pods_url = format!("{}/api/v1/namespaces/{ns}/pods?limit=1", bench.apiserver_url);
+    let pods_url = format!(
+        "{}/api/v1/namespaces/{ns}/pods?limit=1",
+        bench.apiserver_url
+    );
     // Warm: the apiserver authenticates the PAT once (then from its 10 s cache).
     let probe = Request::get(&pods_url)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
@@ -778,7 +788,10 @@ async fn authorization(bench: &Bench, token: &str) -> Result<()> {
     let mut with_cert = Row::new("GET pods via apiserver, client cert");
     for run in 1..=s.runs {
         eprintln!("[bench] authorization run {run}/{}", s.runs);
-        let (url, body) = (format!("{}/authorize", bench.webhook_url), patrol_body.clone());
+        let (url, body) = (
+            format!("{}/authorize", bench.webhook_url),
+            patrol_body.clone(),
+        );
         patrol.runs.push(
             bench
                 .load(
@@ -822,7 +835,11 @@ async fn authorization(bench: &Bench, token: &str) -> Result<()> {
             bench
                 .load(
                     &apiserver,
-                    move || Request::get(&url).body(Full::new(Bytes::new())).expect("request"),
+                    move || {
+                        Request::get(&url)
+                            .body(Full::new(Bytes::new()))
+                            .expect("request")
+                    },
                     |status, _| status == StatusCode::OK,
                 )
                 .await?,

@@ -161,7 +161,10 @@ fn requested_end(spec: &PersonalAccessTokenSpec, now: DateTime<Utc>) -> Option<D
         let ttl = ttl.parse().ok()?;
         return now.checked_add_signed(chrono::Duration::from_std(ttl).ok()?);
     }
-    expiration.expires_at.as_ref().map(patrol_api::time::from_k8s)
+    expiration
+        .expires_at
+        .as_ref()
+        .map(patrol_api::time::from_k8s)
 }
 
 #[cfg(test)]
