@@ -717,7 +717,7 @@ fn deployments_are_restricted_and_highly_available() -> Result<()> {
 fn crds_toggle_and_keep_policy() -> Result<()> {
     let m = render(&[])?;
     let crds = m.all("CustomResourceDefinition");
-    assert_eq!(crds.len(), 2);
+    assert_eq!(crds.len(), 3);
     for crd in &crds {
         assert_eq!(
             crd["metadata"]["annotations"]["helm.sh/resource-policy"],

@@ -14,7 +14,7 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use patrol_api::v1alpha1::{TokenOwner, TokenScope};
+use patrol_api::v1alpha1::{PersonalAccessToken, TokenOwner, TokenScope};
 use patrol_e2e::{
     FIELD_MANAGER, TestCluster, TestNamespace, eventually,
     token_service::{TokenService, jwt_claims},
@@ -404,5 +404,172 @@ async fn invalid_token_scopes_are_refused() -> Result<()> {
         ensure!(err.to_string().contains(want), "{spec}: {err}");
     }
     let _ = scopes.delete("e2e-invalid", &DeleteParams::default()).await;
+    Ok(())
+}
+
+/// Registers patrol-webhook (on the token service's port) as the admission webhook for
+/// PersonalAccessTokens in `namespace`; removed again when dropped.
+struct Admission {
+    cluster: &'static TestCluster,
+    name: String,
+}
+
+impl Admission {
+    async fn register(svc: &TokenService, namespace: &str) -> Result<Self> {
+        use k8s_openapi::{
+            api::admissionregistration::v1::{
+                MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+            },
+            apimachinery::pkg::apis::meta::v1::LabelSelector,
+        };
+        use patrol_webhook::admission::config::{
+            Endpoint, WebhookConfigOptions, mutating, validating,
+        };
+        let name = format!("patrol-e2e-scopes-{}", std::process::id());
+        let mut options =
+            WebhookConfigOptions::new(name.clone(), Endpoint::Url(svc.issuer.clone()));
+        options.ca_bundle = Some(std::fs::read(svc.cluster.var("PATROL_CA")?)?);
+        let selector: LabelSelector = serde_json::from_value(json!({
+            "matchLabels": {"kubernetes.io/metadata.name": namespace}
+        }))?;
+        options.token_namespace_selector = Some(selector.clone());
+        options.policy_object_selector = Some(selector);
+        let client = svc.cluster.client().await?;
+        let admission = Self {
+            cluster: svc.cluster,
+            name: name.clone(),
+        };
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .create(&PostParams::default(), &mutating(&options))
+            .await?;
+        Api::<ValidatingWebhookConfiguration>::all(client)
+            .create(&PostParams::default(), &validating(&options))
+            .await?;
+        Ok(admission)
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        for kind in [
+            "mutatingwebhookconfiguration",
+            "validatingwebhookconfiguration",
+        ] {
+            let _ = self
+                .cluster
+                .kubectl()
+                .args(["delete", kind, &self.name, "--ignore-not-found"])
+                .output();
+        }
+    }
+}
+
+fn child(name: &str, scopes: &[&str], ttl: Option<&str>) -> Result<PersonalAccessToken> {
+    let mut spec = json!({"displayName": format!("minted {name}"), "scopes": scopes});
+    if let Some(ttl) = ttl {
+        spec["expiration"] = json!({"ttl": ttl});
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
+        "metadata": {"name": name}, "spec": spec,
+    }))?)
+}
+
+/// Tokens minting tokens: only a token whose scopes permit creating PersonalAccessTokens
+/// may, and what it creates never holds more scopes, a later expiry or its scope groups.
+#[tokio::test]
+async fn a_token_mints_tokens_only_within_its_own_scopes_and_lifetime() -> Result<()> {
+    let _port = WEBHOOK_PORT.lock().await;
+    let mut svc = TokenService::start("scopes-mint", &[]).await?;
+    setup(svc.cluster, &svc.pats.name).await?;
+    let ns = svc.pats.name.clone();
+    patrol_e2e::token_service::define_scope(
+        svc.cluster,
+        "e2e-scopes-mint",
+        "e2e:mint",
+        json!([{"apiGroups": ["patrol.dev"], "resources": ["personalaccesstokens"],
+                "verbs": ["create", "get"], "namespaces": [ns]}]),
+    )
+    .await?;
+    let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    let unscoped = svc.issue("unscoped", admin(), &[], None).await?;
+    let reader = svc.issue("reader", admin(), &["e2e:read-pods"], None).await?;
+    let minter = svc
+        .issue("minter", admin(), &["e2e:mint", "e2e:read-pods"], Some(in_an_hour))
+        .await?;
+    for i in [unscoped, reader, minter] {
+        svc.wait_indexed(i).await?;
+    }
+    let _admission = Admission::register(&svc, &ns).await?;
+
+    let pats_with = |i: usize| {
+        let kubeconfig = svc.kubeconfig.with_file_name(format!("mint-{i}.kubeconfig"));
+        let token = svc.token(i).to_owned();
+        let cluster = svc.cluster;
+        let ns = ns.clone();
+        async move {
+            cluster.bearer_kubeconfig(&kubeconfig, &token)?;
+            let client = cluster.bearer_client(&kubeconfig).await?;
+            anyhow::Ok(Api::<PersonalAccessToken>::namespaced(client, &ns))
+        }
+    };
+    let refused = |result: kube::Result<PersonalAccessToken>| -> Result<String> {
+        match result {
+            Err(kube::Error::Api(e)) => Ok(format!("{} {}", e.code, e.message)),
+            other => anyhow::bail!("expected a refusal, got {other:?}"),
+        }
+    };
+
+    // An unscoped token has its owner's full rights, RBAC allows, admission refuses.
+    let as_unscoped = pats_with(unscoped).await?;
+    let message = eventually(Duration::from_secs(20), || async {
+        refused(as_unscoped.create(&PostParams::default(), &child("a", &["e2e:read-pods"], Some("10m"))?).await)
+            .and_then(|m| {
+                ensure!(m.contains("has no scopes"), "{m}");
+                Ok(m)
+            })
+    })
+    .await?;
+    println!("unscoped token minting: {message}");
+    ensure!(message.starts_with("403"), "{message}");
+
+    // A token whose scopes do not permit it: the authorizer refuses before admission.
+    let message = refused(
+        pats_with(reader)
+            .await?
+            .create(&PostParams::default(), &child("b", &["e2e:read-pods"], Some("10m"))?)
+            .await,
+    )?;
+    ensure!(message.contains("limited to scope e2e:read-pods"), "{message}");
+
+    // A token that may mint creates only tokens that hold no more than itself.
+    let as_minter = pats_with(minter).await?;
+    for (name, scopes, ttl, want) in [
+        ("c", vec!["e2e:admin"], Some("10m"), "spec.scopes[0]"),
+        ("d", vec![], Some("10m"), "must name scopes"),
+        ("e", vec!["e2e:read-pods"], Some("2h"), "must expire no later"),
+        ("f", vec!["e2e:read-pods"], None, "must expire no later"),
+    ] {
+        let message = refused(
+            as_minter
+                .create(&PostParams::default(), &child(name, &scopes, ttl)?)
+                .await,
+        )?;
+        ensure!(message.contains(want), "{name}: {message}");
+    }
+    let minted = as_minter
+        .create(
+            &PostParams::default(),
+            &child("g", &["e2e:read-pods"], Some("30m"))?,
+        )
+        .await?;
+    let owner = minted.spec.owner.context("owner stamped")?;
+    println!("minted by a token: owner {owner:?}");
+    assert_eq!(owner.username, ADMIN);
+    ensure!(
+        owner.groups.iter().all(|g| !g.starts_with("patrol:scope:")),
+        "the parent's scope groups were stamped into the owner: {:?}",
+        owner.groups
+    );
     Ok(())
 }
