@@ -318,6 +318,7 @@ fn rbac_is_exactly_what_the_binaries_use() -> Result<()> {
             {"apiGroups": ["patrol.dev"], "resources": ["tokenpolicies"], "verbs": ["list", "watch"]},
             {"apiGroups": ["patrol.dev"], "resources": ["tokenscopes"], "verbs": ["list", "watch"]},
             {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},

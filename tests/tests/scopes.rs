@@ -493,9 +493,16 @@ async fn a_token_mints_tokens_only_within_its_own_scopes_and_lifetime() -> Resul
     .await?;
     let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
     let unscoped = svc.issue("unscoped", admin(), &[], None).await?;
-    let reader = svc.issue("reader", admin(), &["e2e:read-pods"], None).await?;
+    let reader = svc
+        .issue("reader", admin(), &["e2e:read-pods"], None)
+        .await?;
     let minter = svc
-        .issue("minter", admin(), &["e2e:mint", "e2e:read-pods"], Some(in_an_hour))
+        .issue(
+            "minter",
+            admin(),
+            &["e2e:mint", "e2e:read-pods"],
+            Some(in_an_hour),
+        )
         .await?;
     for i in [unscoped, reader, minter] {
         svc.wait_indexed(i).await?;
@@ -503,7 +510,9 @@ async fn a_token_mints_tokens_only_within_its_own_scopes_and_lifetime() -> Resul
     let _admission = Admission::register(&svc, &ns).await?;
 
     let pats_with = |i: usize| {
-        let kubeconfig = svc.kubeconfig.with_file_name(format!("mint-{i}.kubeconfig"));
+        let kubeconfig = svc
+            .kubeconfig
+            .with_file_name(format!("mint-{i}.kubeconfig"));
         let token = svc.token(i).to_owned();
         let cluster = svc.cluster;
         let ns = ns.clone();
@@ -523,11 +532,18 @@ async fn a_token_mints_tokens_only_within_its_own_scopes_and_lifetime() -> Resul
     // An unscoped token has its owner's full rights, RBAC allows, admission refuses.
     let as_unscoped = pats_with(unscoped).await?;
     let message = eventually(Duration::from_secs(20), || async {
-        refused(as_unscoped.create(&PostParams::default(), &child("a", &["e2e:read-pods"], Some("10m"))?).await)
-            .and_then(|m| {
-                ensure!(m.contains("has no scopes"), "{m}");
-                Ok(m)
-            })
+        refused(
+            as_unscoped
+                .create(
+                    &PostParams::default(),
+                    &child("a", &["e2e:read-pods"], Some("10m"))?,
+                )
+                .await,
+        )
+        .and_then(|m| {
+            ensure!(m.contains("has no scopes"), "{m}");
+            Ok(m)
+        })
     })
     .await?;
     println!("unscoped token minting: {message}");
@@ -537,17 +553,28 @@ async fn a_token_mints_tokens_only_within_its_own_scopes_and_lifetime() -> Resul
     let message = refused(
         pats_with(reader)
             .await?
-            .create(&PostParams::default(), &child("b", &["e2e:read-pods"], Some("10m"))?)
+            .create(
+                &PostParams::default(),
+                &child("b", &["e2e:read-pods"], Some("10m"))?,
+            )
             .await,
     )?;
-    ensure!(message.contains("limited to scope e2e:read-pods"), "{message}");
+    ensure!(
+        message.contains("limited to scope e2e:read-pods"),
+        "{message}"
+    );
 
     // A token that may mint creates only tokens that hold no more than itself.
     let as_minter = pats_with(minter).await?;
     for (name, scopes, ttl, want) in [
         ("c", vec!["e2e:admin"], Some("10m"), "spec.scopes[0]"),
         ("d", vec![], Some("10m"), "must name scopes"),
-        ("e", vec!["e2e:read-pods"], Some("2h"), "must expire no later"),
+        (
+            "e",
+            vec!["e2e:read-pods"],
+            Some("2h"),
+            "must expire no later",
+        ),
         ("f", vec!["e2e:read-pods"], None, "must expire no later"),
     ] {
         let message = refused(
@@ -571,5 +598,64 @@ async fn a_token_mints_tokens_only_within_its_own_scopes_and_lifetime() -> Resul
         "the parent's scope groups were stamped into the owner: {:?}",
         owner.groups
     );
+    Ok(())
+}
+
+/// Frozen identity: a token owned by a ServiceAccount stops working once the
+/// ServiceAccount is deleted, and stays refused when one is recreated under the same name
+/// (a new uid: perhaps for someone else).
+#[tokio::test]
+async fn a_service_account_owners_tokens_die_with_it() -> Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let _port = WEBHOOK_PORT.lock().await;
+    let mut svc = TokenService::start("scopes-sa", &[]).await?;
+    let ns = svc.pats.name.clone();
+    let sas: Api<ServiceAccount> = Api::namespaced(svc.cluster.client().await?, &ns);
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "deployer"}}))?;
+    let created = sas.create(&PostParams::default(), &sa).await?;
+    let owner = TokenOwner {
+        username: format!("system:serviceaccount:{ns}:deployer"),
+        uid: created.metadata.uid.clone(),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+        ],
+    };
+    let i = svc.issue("deployer", owner, &[], None).await?;
+    svc.wait_indexed(i).await?;
+    let token = svc.token(i).to_owned();
+    svc.kubectl_ok_as(&token, &["auth", "whoami"], Duration::from_secs(10))
+        .await?;
+
+    sas.delete("deployer", &DeleteParams::default()).await?;
+    let deleted = Instant::now();
+    eventually(Duration::from_secs(20), || async {
+        let out = svc.kubectl_as(&token, &["auth", "whoami"])?;
+        ensure!(!out.status.success(), "still works");
+        Ok(())
+    })
+    .await?;
+    println!(
+        "ServiceAccount deleted -> its PAT refused after {:?}",
+        deleted.elapsed()
+    );
+    ensure!(
+        svc.wait_indexed(i).await.is_err(),
+        "TokenReview must refuse the token of a deleted ServiceAccount"
+    );
+
+    sas.create(&PostParams::default(), &sa).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = svc.kubectl_as(&token, &["auth", "whoami"])?;
+    ensure!(
+        !out.status.success(),
+        "a ServiceAccount recreated under the same name must not revive the token"
+    );
+    let refused = svc
+        .metric(
+            "patrol_webhook_token_validations_total{outcome=\"rejected\",reason=\"owner_gone\"}",
+        )
+        .await?;
+    ensure!(refused > 0.0, "refusals are counted as owner_gone");
     Ok(())
 }

@@ -376,12 +376,5 @@ fn auth_scheme(value: &HeaderValue) -> &str {
 }
 
 fn unavailable(why: Unavailable) -> OAuthError {
-    OAuthError::unavailable(match why {
-        Unavailable::NotSynced => "the token record index has not synced yet; retry shortly",
-        Unavailable::Overloaded => "too many token verifications in progress; retry shortly",
-        Unavailable::ActivityUnknown => {
-            "cannot determine the token's last use right now; retry shortly"
-        }
-        Unavailable::Internal => "token verification failed internally; retry",
-    })
+    OAuthError::unavailable(why.message())
 }

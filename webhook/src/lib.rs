@@ -35,6 +35,7 @@ pub mod jwt;
 pub mod limiter;
 pub mod metrics;
 pub mod oauth;
+pub mod owners;
 pub mod reviews;
 pub mod routes;
 pub mod server;

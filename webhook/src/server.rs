@@ -28,6 +28,7 @@ use crate::{
     issuer::Issuer,
     metrics::Metrics,
     oauth::OAuthSettings,
+    owners::ServiceAccounts,
     reviews::KubeReviewer,
     routes::{self, AppContext, AppState, HttpLimits},
     signing::{self, KeyStore, SigningKeys},
@@ -71,6 +72,8 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
     let index = Arc::new(RecordIndex::new(metrics.clone()));
     let (usage, usage_rx) =
         UsageRecorder::new(USAGE_QUEUE, settings.last_used_debounce, metrics.clone());
+    let (service_accounts, service_account_watch) = ServiceAccounts::new(client.clone());
+    tokio::spawn(service_account_watch);
     let validator = Arc::new(
         Validator::new(
             &settings.validator,
@@ -79,7 +82,8 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
             Arc::new(KubePatActivity::new(client.clone())),
             metrics.clone(),
         )
-        .context("creating the validator")?,
+        .context("creating the validator")?
+        .with_owners(service_accounts),
     );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);

@@ -32,6 +32,7 @@ use crate::{
     index::{IndexedRecord, RecordIndex},
     limiter::{ClientKey, FailureLimiter, LimitConfig},
     metrics::Metrics,
+    owners::{OwnerDirectory, OwnerState, owner_state},
     usage::{PatActivity, PatActivitySource, UsageRecorder},
     verify_pool::{PoolError, VerifyPool},
 };
@@ -86,6 +87,8 @@ pub enum Rejection {
     Idle,
     /// The PersonalAccessToken the record belongs to no longer exists.
     Orphaned,
+    /// The ServiceAccount that owns the token was deleted (or recreated with a new uid).
+    OwnerGone,
     /// The client or the token id used up its failure budget.
     RateLimited,
     /// The record changed or disappeared while the token was being verified.
@@ -101,6 +104,7 @@ impl Rejection {
             Self::Expired => "expired",
             Self::Idle => "idle",
             Self::Orphaned => "orphaned",
+            Self::OwnerGone => "owner_gone",
             Self::RateLimited => "rate_limited",
             Self::Superseded => "superseded",
         }
@@ -118,6 +122,8 @@ pub enum Unavailable {
     ActivityUnknown,
     /// A verification worker failed.
     Internal,
+    /// The token's owner is a ServiceAccount and the ServiceAccount cache has not synced.
+    OwnersNotSynced,
 }
 
 impl Unavailable {
@@ -127,6 +133,22 @@ impl Unavailable {
             Self::Overloaded => "overloaded",
             Self::ActivityUnknown => "activity_unknown",
             Self::Internal => "internal",
+            Self::OwnersNotSynced => "owners_not_synced",
+        }
+    }
+
+    /// What callers are told (they answer 503 with it).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::NotSynced => "the token record index has not synced yet; retry shortly",
+            Self::Overloaded => "too many token verifications in progress; retry shortly",
+            Self::ActivityUnknown => {
+                "cannot determine the token's last use right now; retry shortly"
+            }
+            Self::Internal => "token verification failed internally; retry",
+            Self::OwnersNotSynced => {
+                "the ServiceAccount cache has not synced yet, and this token belongs to a ServiceAccount; retry shortly"
+            }
         }
     }
 }
@@ -192,6 +214,8 @@ pub struct Validator {
     pool: VerifyPool,
     usage: UsageRecorder,
     activity: Arc<dyn PatActivitySource>,
+    /// Where ServiceAccount owners are checked; `None`: not checked (unit tests).
+    owners: Option<Arc<dyn OwnerDirectory>>,
     metrics: Arc<Metrics>,
 }
 
@@ -215,8 +239,20 @@ impl Validator {
             ),
             usage,
             activity,
+            owners: None,
             metrics,
         })
+    }
+
+    /// Refuses tokens whose ServiceAccount owner no longer exists as issued.
+    pub fn with_owners(mut self, owners: Arc<dyn OwnerDirectory>) -> Self {
+        self.owners = Some(owners);
+        self
+    }
+
+    /// Where ServiceAccount owners are checked, when they are.
+    pub fn owners(&self) -> Option<&dyn OwnerDirectory> {
+        self.owners.as_deref()
     }
 
     pub fn index(&self) -> &Arc<RecordIndex> {
@@ -347,10 +383,17 @@ impl Validator {
         Ok((entry, Acceptance::Verified))
     }
 
-    /// Expiry and idle time, checked on every acceptance (cached or not).
+    /// Expiry, the owner and idle time, checked on every acceptance (cached or not).
     async fn check_usable(&self, entry: &IndexedRecord, now: DateTime<Utc>) -> Result<(), Denial> {
         if entry.is_expired_at(now) {
             return Err(Rejection::Expired.into());
+        }
+        if let Some(owners) = &self.owners {
+            match owner_state(entry, owners.as_ref()) {
+                OwnerState::Current => {}
+                OwnerState::Gone => return Err(Rejection::OwnerGone.into()),
+                OwnerState::Unknown => return Err(Unavailable::OwnersNotSynced.into()),
+            }
         }
         if idle_check(
             entry.issued_at(),

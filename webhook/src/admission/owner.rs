@@ -48,7 +48,6 @@ use super::Problem;
 
 /// The group the apiserver gives every authenticated user.
 pub const ALL_AUTHENTICATED: &str = "system:authenticated";
-const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 
 /// The owner a requester stamps on a token: `None` for a request without a username.
@@ -92,13 +91,7 @@ pub fn stamp_owner(
     })]))
 }
 
-/// Splits `system:serviceaccount:<namespace>:<name>`.
-pub fn service_account(username: &str) -> Option<(&str, &str)> {
-    let (namespace, name) = username
-        .strip_prefix(SERVICE_ACCOUNT_PREFIX)?
-        .split_once(':')?;
-    (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then_some((namespace, name))
-}
+pub use crate::owners::service_account;
 
 /// What the requester would impersonate to act as the owner.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ pub mod watch;
 
 use chrono::{DateTime, Utc};
 
-use crate::index::IndexedRecord;
+use crate::{index::IndexedRecord, owners::OwnerState};
 use catalog::ScopeCatalog;
 use review::{AccessReview, Verdict};
 use rules::Rule;
@@ -36,6 +36,7 @@ use rules::Rule;
 pub fn decide(
     review: &AccessReview,
     record: Option<&IndexedRecord>,
+    owner: OwnerState,
     catalog: Option<&ScopeCatalog>,
     discovery: &[Rule],
     now: DateTime<Utc>,
@@ -64,6 +65,24 @@ pub fn decide(
                 "Patrol token {id} expired after being unused too long: rotate it or create a new one"
             ),
         };
+    }
+    match owner {
+        OwnerState::Current => {}
+        OwnerState::Gone => {
+            return Verdict::Deny {
+                reason: "owner_gone",
+                message: format!(
+                    "Patrol token {id} belongs to ServiceAccount {}, which was deleted or recreated: create a new token",
+                    record.username()
+                ),
+            };
+        }
+        OwnerState::Unknown => {
+            return Verdict::Deny {
+                reason: "not_synced",
+                message: "Patrol has not loaded the ServiceAccounts yet and cannot tell whether this token's owner still exists; retry shortly".into(),
+            };
+        }
     }
     let granted: Vec<&str> = record.scopes().collect();
     let effective: Vec<&str> = match (record.is_scoped(), &review.jwt_scopes) {

@@ -7,7 +7,10 @@ use super::{
     review::{AccessReview, Verdict},
     rules::{Access, ResourceAccess, discovery},
 };
-use crate::index::{IndexedRecord, tests::record};
+use crate::{
+    index::{IndexedRecord, tests::record},
+    owners::OwnerState,
+};
 
 const ID: &str = "AbCdEfGhIjKl";
 
@@ -54,7 +57,14 @@ fn review(access: Access, jwt_scopes: Option<&[&str]>) -> AccessReview {
 
 fn verdict(review: &AccessReview, record: Option<&IndexedRecord>) -> Verdict {
     let now = record.map_or_else(chrono::Utc::now, |r| r.issued_at() + Duration::hours(1));
-    decide(review, record, Some(&catalog()), &discovery(), now)
+    decide(
+        review,
+        record,
+        OwnerState::Current,
+        Some(&catalog()),
+        &discovery(),
+        now,
+    )
 }
 
 #[test]
@@ -201,12 +211,58 @@ fn scoped_tokens_wait_for_the_catalog_unscoped_ones_do_not() {
     let now = chrono::Utc::now();
     let scoped = entry(&["read:pods"], true);
     assert_eq!(
-        decide(&list_pods, Some(&scoped), None, &discovery(), now).reason(),
+        decide(
+            &list_pods,
+            Some(&scoped),
+            OwnerState::Current,
+            None,
+            &discovery(),
+            now
+        )
+        .reason(),
         "not_synced"
     );
     let unscoped = entry(&[], false);
     assert_eq!(
-        decide(&list_pods, Some(&unscoped), None, &discovery(), now),
+        decide(
+            &list_pods,
+            Some(&unscoped),
+            OwnerState::Current,
+            None,
+            &discovery(),
+            now
+        ),
         Verdict::NoOpinion("unscoped")
+    );
+}
+
+#[test]
+fn a_token_whose_service_account_is_gone_is_denied() {
+    let list_pods = review(access("list", "", "pods", "x"), None);
+    let pat = entry(&[], false);
+    let now = chrono::Utc::now();
+    assert_eq!(
+        decide(
+            &list_pods,
+            Some(&pat),
+            OwnerState::Gone,
+            Some(&catalog()),
+            &discovery(),
+            now
+        )
+        .reason(),
+        "owner_gone"
+    );
+    assert_eq!(
+        decide(
+            &list_pods,
+            Some(&pat),
+            OwnerState::Unknown,
+            Some(&catalog()),
+            &discovery(),
+            now
+        )
+        .reason(),
+        "not_synced"
     );
 }

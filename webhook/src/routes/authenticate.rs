@@ -24,7 +24,7 @@ use super::{AppState, HttpLimits, error::ApiError};
 use crate::{
     limiter::ClientKey,
     token_review::{self, match_audiences, parse_request},
-    validate::{Denial, Unavailable},
+    validate::Denial,
 };
 
 pub const PATH: &str = "/authenticate";
@@ -84,15 +84,7 @@ async fn authenticate(
         ))
         .into_response(),
         Err(Denial::Rejected(_)) => Json(token_review::unauthenticated()).into_response(),
-        Err(Denial::Unavailable(why)) => ApiError::unavailable(match why {
-            Unavailable::NotSynced => "the token record index has not synced yet; retry shortly",
-            Unavailable::Overloaded => "too many token verifications in progress; retry shortly",
-            Unavailable::ActivityUnknown => {
-                "cannot determine the token's last use right now; retry shortly"
-            }
-            Unavailable::Internal => "token verification failed internally; retry",
-        })
-        .into_response(),
+        Err(Denial::Unavailable(why)) => ApiError::unavailable(why.message()).into_response(),
     }
 }
 

@@ -27,6 +27,7 @@ use crate::authz::{
     review::{ReviewError, Verdict},
     rules::{Rule, discovery},
 };
+use crate::owners::{OwnerState, owner_state};
 
 pub const PATH: &str = "/authorize";
 
@@ -79,9 +80,14 @@ async fn authorize(
         Some(id) => {
             let record = state.validator.index().get(id);
             let catalog = state.catalog.current();
+            let owner = match (record.as_deref(), state.validator.owners()) {
+                (Some(record), Some(owners)) => owner_state(record, owners),
+                _ => OwnerState::Current,
+            };
             authz::decide(
                 &review,
                 record.as_deref(),
+                owner,
                 catalog.as_deref(),
                 &DISCOVERY,
                 chrono::Utc::now(),
