@@ -168,6 +168,92 @@ pub fn new_record(
     record
 }
 
+/// What of `desired` may replace `current` on a live token. Narrowing applies in place;
+/// widening — a scope the token lacks, a later or no expiry, a longer or no idle timeout,
+/// another exchange audience or actor, a longer exchange lifetime — does not: whoever may
+/// edit a PersonalAccessToken must not be able to extend a token already in someone's
+/// hands. It takes effect with the next rotation, whose new token only the delivered
+/// Secret receives. Returns the record to keep and the names of what was held back.
+pub fn narrow_only(
+    current: &TokenRecord,
+    desired: &TokenRecord,
+) -> (TokenRecord, Vec<&'static str>) {
+    let mut kept = desired.clone();
+    let mut held = Vec::new();
+
+    // An unscoped token may do everything its owner may: any scopes narrow it.
+    if current.scoped || !current.scopes.is_empty() {
+        if desired.scopes.iter().any(|s| !current.scopes.contains(s)) {
+            held.push("scopes");
+            kept.scopes.retain(|s| current.scopes.contains(s));
+        }
+        kept.scoped = true;
+    }
+    match (current.expires_at, desired.expires_at) {
+        (Some(now), None) => {
+            held.push("expiry");
+            kept.expires_at = Some(now);
+        }
+        (Some(now), Some(wanted)) if wanted > now => {
+            held.push("expiry");
+            kept.expires_at = Some(now);
+        }
+        _ => {}
+    }
+    match (current.idle_timeout_seconds, desired.idle_timeout_seconds) {
+        (Some(now), None) => {
+            held.push("idle timeout");
+            kept.idle_timeout_seconds = Some(now);
+        }
+        (Some(now), Some(wanted)) if wanted > now => {
+            held.push("idle timeout");
+            kept.idle_timeout_seconds = Some(now);
+        }
+        _ => {}
+    }
+    let (now, wanted) = (&current.exchange, &desired.exchange);
+    match (&now.audiences, &wanted.audiences) {
+        (Some(allowed), None) => {
+            held.push("exchange audiences");
+            kept.exchange.audiences = Some(allowed.clone());
+        }
+        (Some(allowed), Some(list)) if list.iter().any(|a| !allowed.contains(a)) => {
+            held.push("exchange audiences");
+            kept.exchange.audiences = Some(
+                list.iter()
+                    .filter(|a| allowed.contains(a))
+                    .cloned()
+                    .collect(),
+            );
+        }
+        _ => {}
+    }
+    if let (Some(list), Some(default)) = (&kept.exchange.audiences, &kept.exchange.default_audience)
+        && !list.contains(default)
+    {
+        kept.exchange.default_audience = now
+            .default_audience
+            .clone()
+            .filter(|d| list.contains(d))
+            .or_else(|| list.first().cloned());
+    }
+    if wanted
+        .allowed_actors
+        .iter()
+        .any(|a| !now.allowed_actors.contains(a))
+    {
+        held.push("exchange actors");
+        kept.exchange
+            .allowed_actors
+            .retain(|a| now.allowed_actors.contains(a));
+    }
+    if wanted.max_ttl_seconds > now.max_ttl_seconds {
+        held.push("exchange lifetime");
+        kept.exchange.max_ttl_seconds = now.max_ttl_seconds;
+    }
+    (kept, held)
+}
+
 /// Sets the claims a record derives from spec and policy (everything but identity and hash).
 fn apply_claims(
     record: &mut TokenRecord,
@@ -421,10 +507,12 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         ));
     }
 
-    // Claims follow spec and policy (ttl edits, policy changes), computed from issue time.
+    // Claims follow spec and policy (ttl edits, policy changes), computed from issue time;
+    // on the live token only as far as they narrow it. Widening waits for a rotation.
     let resolved = o.policy.resolve(&pat.spec, current.issued_at);
-    let mut desired = current.clone();
-    apply_claims(&mut desired, pat, o.policy, &resolved);
+    let mut wanted = current.clone();
+    apply_claims(&mut wanted, pat, o.policy, &resolved);
+    let (desired, _held_back) = narrow_only(current, &wanted);
     out.status.expires_at = desired.expires_at.map(to_k8s);
 
     // Expiry and idle timeout end the token.
@@ -2047,6 +2135,83 @@ mod tests {
             notes: vec![],
         }
         .check("outside the window", &case(DAY).plan());
+    }
+
+    #[test]
+    fn a_live_token_narrows_in_place_and_widens_only_at_rotation() {
+        let pat = PersonalAccessToken::test()
+            .with_spec(|s| s.scopes = vec!["read:pods".into(), "deploy".into()]);
+        let mut current = issued(&pat, &no_policy(), A, ago(DAY));
+        current.expires_at = Some(ago(DAY) + chrono::Duration::days(30));
+        current.idle_timeout_seconds = Some(3_600);
+        current.exchange.audiences = Some(vec!["k8s".into(), "vault".into()]);
+        current.exchange.default_audience = Some("vault".into());
+        current.exchange.allowed_actors = vec!["ci".into()];
+        current.exchange.max_ttl_seconds = 900;
+
+        // Narrower everywhere: applied as asked.
+        let mut narrower = current.clone();
+        narrower.scopes = vec!["read:pods".into()];
+        narrower.expires_at = Some(ago(DAY) + chrono::Duration::days(7));
+        narrower.idle_timeout_seconds = Some(60);
+        narrower.exchange.audiences = Some(vec!["k8s".into()]);
+        narrower.exchange.allowed_actors = vec![];
+        narrower.exchange.max_ttl_seconds = 300;
+        let (kept, held) = narrow_only(&current, &narrower);
+        assert!(held.is_empty(), "{held:?}");
+        assert_eq!(kept.exchange.default_audience.as_deref(), Some("k8s"));
+        assert_eq!(
+            TokenRecord {
+                exchange: ExchangeGrant {
+                    default_audience: Some("k8s".into()),
+                    ..narrower.exchange.clone()
+                },
+                ..narrower.clone()
+            },
+            kept
+        );
+
+        // Wider everywhere: nothing widens.
+        let mut wider = current.clone();
+        wider.scopes = vec!["read:pods".into(), "admin".into()];
+        wider.expires_at = None;
+        wider.idle_timeout_seconds = None;
+        wider.exchange.audiences = None;
+        wider.exchange.allowed_actors = vec!["ci".into(), "anyone".into()];
+        wider.exchange.max_ttl_seconds = 86_400;
+        let (kept, held) = narrow_only(&current, &wider);
+        assert_eq!(
+            held,
+            [
+                "scopes",
+                "expiry",
+                "idle timeout",
+                "exchange audiences",
+                "exchange actors",
+                "exchange lifetime"
+            ]
+        );
+        assert_eq!(kept.scopes, ["read:pods"]);
+        assert_eq!(kept.expires_at, current.expires_at);
+        assert_eq!(kept.exchange, current.exchange);
+
+        // Emptying the scopes of a scoped token is the widest change of all.
+        let mut unscoped = current.clone();
+        unscoped.scopes.clear();
+        unscoped.scoped = false;
+        let (kept, _) = narrow_only(&current, &unscoped);
+        assert!(
+            kept.scoped && kept.scopes.is_empty(),
+            "scoped to nothing, not unscoped"
+        );
+
+        // An unscoped token takes scopes in place: that narrows it.
+        let mut was_unscoped = current.clone();
+        was_unscoped.scopes.clear();
+        was_unscoped.scoped = false;
+        let (kept, held) = narrow_only(&was_unscoped, &current);
+        assert!(!held.contains(&"scopes"));
+        assert_eq!(kept.scopes, current.scopes);
     }
 
     #[test]

@@ -63,6 +63,10 @@ fn the_demo_runs_a_token_through_its_whole_life() -> Result<()> {
         "the derived JWT inactive after revocation",
     );
     expect("invalid_grant", "exchange refused after revocation");
+    expect(
+        "is revoked, deleted or rotated out",
+        "the apiserver refusing the revoked token's JWT through Patrol's authorizer",
+    );
     expect("no token", "the log scan");
     expect(
         "refused",

@@ -111,7 +111,113 @@ pub fn token_update(
             ));
         }
     }
+    let widened = widened_fields(old, new);
+    if !widened.is_empty() {
+        outcome.warnings.push(format!(
+            "this change widens {} of a token that may already be in use; the live token keeps its current limits, and the new ones apply to the token the next rotation issues (set spec.rotation.requestedAt)",
+            widened.join(", ")
+        ));
+    }
     outcome
+}
+
+/// What an update asks to widen on a live token: a scope it lacked, a later or no expiry
+/// (`ttl` or `expiresAt`), more exchange audiences or actors. The operator holds these
+/// back until a rotation; admission says so.
+fn widened_fields(
+    old: &PersonalAccessTokenSpec,
+    new: &PersonalAccessTokenSpec,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let scoped = !old.scopes.is_empty();
+    if scoped && (new.scopes.is_empty() || new.scopes.iter().any(|s| !old.scopes.contains(s))) {
+        out.push("spec.scopes");
+    }
+    if old.expiration.is_some() && old.expiration != new.expiration {
+        let longer = match (
+            old.expiration
+                .as_ref()
+                .and_then(|e| e.ttl.as_ref())
+                .and_then(|d| d.parse().ok()),
+            new.expiration
+                .as_ref()
+                .and_then(|e| e.ttl.as_ref())
+                .and_then(|d| d.parse().ok()),
+        ) {
+            (Some(before), Some(after)) => after > before,
+            _ => match (
+                old.expiration.as_ref().and_then(|e| e.expires_at.as_ref()),
+                new.expiration.as_ref().and_then(|e| e.expires_at.as_ref()),
+            ) {
+                (Some(before), Some(after)) => after.0 > before.0,
+                _ => true,
+            },
+        };
+        if longer {
+            out.push("spec.expiration");
+        }
+    }
+    let exchange = |spec: &PersonalAccessTokenSpec| spec.exchange.clone().unwrap_or_default();
+    let (before, after) = (exchange(old), exchange(new));
+    if !before.audiences.is_empty()
+        && (after.audiences.is_empty()
+            || after
+                .audiences
+                .iter()
+                .any(|a| !before.audiences.contains(a)))
+    {
+        out.push("spec.exchange.audiences");
+    }
+    if after
+        .allowed_actors
+        .iter()
+        .any(|a| !before.allowed_actors.contains(a))
+    {
+        out.push("spec.exchange.allowedActors");
+    }
+    out
+}
+
+#[cfg(test)]
+mod widening_tests {
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> PersonalAccessTokenSpec {
+        serde_json::from_value(value).expect("spec")
+    }
+
+    #[test]
+    fn widening_updates_are_named() {
+        let old = spec(serde_json::json!({
+            "displayName": "t", "scopes": ["read:pods"], "expiration": {"ttl": "30d"},
+            "exchange": {"audiences": ["k8s"], "allowedActors": ["ci"]}
+        }));
+        let same = old.clone();
+        assert!(widened_fields(&old, &same).is_empty());
+        let narrower = spec(serde_json::json!({
+            "displayName": "t", "scopes": ["read:pods"], "expiration": {"ttl": "7d"},
+            "exchange": {"audiences": ["k8s"]}
+        }));
+        assert!(widened_fields(&old, &narrower).is_empty());
+        let wider = spec(serde_json::json!({
+            "displayName": "t", "scopes": ["read:pods", "admin"], "expiration": {"ttl": "90d"},
+            "exchange": {"audiences": ["k8s", "vault"], "allowedActors": ["ci", "x"]}
+        }));
+        assert_eq!(
+            widened_fields(&old, &wider),
+            [
+                "spec.scopes",
+                "spec.expiration",
+                "spec.exchange.audiences",
+                "spec.exchange.allowedActors"
+            ]
+        );
+        let unscoped = spec(serde_json::json!({"displayName": "t"}));
+        assert_eq!(
+            widened_fields(&old, &unscoped),
+            ["spec.scopes", "spec.expiration", "spec.exchange.audiences"]
+        );
+    }
 }
 
 /// The owner the escalation rule applies to: the new one on create, and on update only
