@@ -189,27 +189,14 @@ pub fn narrow_only(
         }
         kept.scoped = true;
     }
-    match (current.expires_at, desired.expires_at) {
-        (Some(now), None) => {
-            held.push("expiry");
-            kept.expires_at = Some(now);
-        }
-        (Some(now), Some(wanted)) if wanted > now => {
-            held.push("expiry");
-            kept.expires_at = Some(now);
-        }
-        _ => {}
+    if let Some(limit) = no_longer_than(current.expires_at, desired.expires_at) {
+        held.push("expiry");
+        kept.expires_at = Some(limit);
     }
-    match (current.idle_timeout_seconds, desired.idle_timeout_seconds) {
-        (Some(now), None) => {
-            held.push("idle timeout");
-            kept.idle_timeout_seconds = Some(now);
-        }
-        (Some(now), Some(wanted)) if wanted > now => {
-            held.push("idle timeout");
-            kept.idle_timeout_seconds = Some(now);
-        }
-        _ => {}
+    if let Some(limit) = no_longer_than(current.idle_timeout_seconds, desired.idle_timeout_seconds)
+    {
+        held.push("idle timeout");
+        kept.idle_timeout_seconds = Some(limit);
     }
     let (now, wanted) = (&current.exchange, &desired.exchange);
     match (&now.audiences, &wanted.audiences) {
@@ -252,6 +239,16 @@ pub fn narrow_only(
         kept.exchange.max_ttl_seconds = now.max_ttl_seconds;
     }
     (kept, held)
+}
+
+/// For a limit where `None` means unlimited: the current limit when `wanted` would lift or
+/// raise it, `None` when `wanted` may apply.
+fn no_longer_than<T: PartialOrd + Copy>(current: Option<T>, wanted: Option<T>) -> Option<T> {
+    match (current, wanted) {
+        (Some(now), None) => Some(now),
+        (Some(now), Some(wanted)) if wanted > now => Some(now),
+        _ => None,
+    }
 }
 
 /// Sets the claims a record derives from spec and policy (everything but identity and hash).

@@ -736,13 +736,7 @@ async fn authorization(bench: &Bench, token: &str) -> Result<()> {
         "--user",
         "bench@example.com",
     ])?;
-    patrol_e2e::token_service::define_scope(
-        bench.cluster,
-        "bench-read-pods",
-        "read:pods",
-        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
-    )
-    .await?;
+    patrol_e2e::token_service::define_read_pods_scope(bench.cluster, "bench-read-pods").await?;
     let review = |extra: Value| {
         Bytes::from(
             serde_json::to_vec(&json!({

@@ -484,3 +484,15 @@ pub async fn define_scope(
         .with_context(|| format!("defining TokenScope {name}"))?;
     Ok(())
 }
+
+/// Defines `read:pods` (get, list and watch pods) as TokenScope `name`: what tests that
+/// read pods with a `read:pods` token need now that scopes restrict.
+pub async fn define_read_pods_scope(cluster: &TestCluster, name: &str) -> Result<()> {
+    define_scope(
+        cluster,
+        name,
+        "read:pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await
+}

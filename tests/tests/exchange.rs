@@ -17,7 +17,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Output,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,10 +25,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, Method, Request, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client as HttpClient, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use k8s_openapi::api::{
     core::v1::Secret,
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -46,8 +41,8 @@ use patrol_api::{
 use patrol_e2e::{
     TestCluster, TestNamespace, eventually,
     process::{self, Process},
+    token_service::{Https, https_client},
 };
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
 
 /// Serializes the tests of this binary on the one port the apiserver's issuer URL names.
@@ -61,32 +56,6 @@ const TT_PAT: &str = "urn:ietf:params:oauth:token-type:pat";
 const TT_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const FORM: &str = "application/x-www-form-urlencoded";
 const OWNER: &str = "alice@example.com";
-
-type Https = HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-fn https_client(ca: &Path, h2: bool) -> Result<Https> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only();
-    let connector = if h2 {
-        builder.enable_http2().build()
-    } else {
-        builder.enable_http1().build()
-    };
-    let mut client = HttpClient::builder(TokioExecutor::new());
-    client.http2_only(h2);
-    Ok(client.build(connector))
-}
 
 /// `application/x-www-form-urlencoded` of `pairs`, every byte but the unreserved escaped.
 fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
@@ -785,13 +754,7 @@ async fn an_exchanged_jwt_works_with_kubectl_and_rbac_applies_to_its_groups() ->
         .await?;
     // Scopes restrict (Patrol's authorization webhook): read:pods must permit reading pods
     // for the scope group's RoleBinding to matter.
-    patrol_e2e::token_service::define_scope(
-        env.cluster,
-        "e2e-read-pods",
-        "read:pods",
-        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
-    )
-    .await?;
+    patrol_e2e::token_service::define_read_pods_scope(env.cluster, "e2e-read-pods").await?;
     env.wait_indexed(i).await?;
     let (jwt, answer) = env.exchange_ok(i, &[("scope", "read:pods")]).await?;
     assert_eq!(answer["issued_token_type"], TT_ACCESS);

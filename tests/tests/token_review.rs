@@ -11,7 +11,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Output,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,10 +19,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::{Method, Request, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client as HttpClient, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use k8s_openapi::api::{
     core::v1::Secret,
     rbac::v1::{Role, RoleBinding},
@@ -40,8 +35,8 @@ use patrol_api::{
 use patrol_e2e::{
     TestCluster, TestNamespace, eventually,
     process::{self, Process},
+    token_service::{Https, https_client},
 };
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
 
 /// Serializes the tests of this binary on the one webhook port the apiserver calls.
@@ -51,8 +46,6 @@ static WEBHOOK_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const APISERVER_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 /// A second audience the webhook is told PATs are valid for.
 const EXTRA_AUDIENCE: &str = "patrol-e2e";
-
-type Https = HttpClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A running patrol-webhook with its namespaces. Field order is drop order: the webhook
 /// stops before its namespaces go.
@@ -73,30 +66,6 @@ struct Issued {
     token: PlaintextToken,
     hash: String,
     record: TokenRecord,
-}
-
-fn https_client(ca: &Path, h2: bool) -> Result<Https> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only();
-    let connector = if h2 {
-        builder.enable_http2().build()
-    } else {
-        builder.enable_http1().build()
-    };
-    let mut client = HttpClient::builder(TokioExecutor::new());
-    client.http2_only(h2);
-    Ok(client.build(connector))
 }
 
 /// A kubeconfig with only the server and its CA: the token comes from `--token`.
@@ -414,13 +383,7 @@ async fn kubectl_with_a_pat_acts_as_its_owner_with_scope_groups() -> Result<()> 
     let mut env = Env::start("tr-owner", &["--audiences", &audiences]).await?;
     // Scopes restrict (Patrol's authorization webhook): read:pods must permit reading pods
     // for the scope group's RoleBinding to matter.
-    patrol_e2e::token_service::define_scope(
-        env.cluster,
-        "e2e-read-pods",
-        "read:pods",
-        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
-    )
-    .await?;
+    patrol_e2e::token_service::define_read_pods_scope(env.cluster, "e2e-read-pods").await?;
     let i = env.issue("laptop", &["read:pods", "deploy"], None).await?;
     env.wait_accepted(i).await?;
 

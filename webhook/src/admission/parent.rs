@@ -14,7 +14,7 @@ use super::Problem;
 use crate::{
     authz::{
         catalog::ScopeCatalog,
-        review::EXTRA_SCOPES,
+        review::{EXTRA_SCOPES, scopes_of},
         rules::{Access, ResourceAccess},
     },
     index::IndexedRecord,
@@ -33,14 +33,7 @@ pub struct ParentToken {
 pub fn parent_token(user: &UserInfo) -> Option<ParentToken> {
     let extra = user.extra.as_ref()?;
     let id = extra.get(EXTRA_TOKEN_ID)?.first()?.clone();
-    let jwt_scopes = extra.get(EXTRA_SCOPES).map(|values| {
-        values
-            .iter()
-            .flat_map(|v| v.split(' '))
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
-    });
+    let jwt_scopes = extra.get(EXTRA_SCOPES).map(|values| scopes_of(values));
     Some(ParentToken { id, jwt_scopes })
 }
 

@@ -71,15 +71,10 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<AccessReview, Re
         .and_then(|values| values.first())
         .filter(|id| !id.is_empty())
         .cloned();
-    let jwt_scopes = extra.get(EXTRA_SCOPES).map(|values| {
-        values
-            .iter()
-            .flat_map(|v| v.split(' '))
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    });
-    let jwt_scopes = jwt_scopes.filter(|s| !s.is_empty());
+    let jwt_scopes = extra
+        .get(EXTRA_SCOPES)
+        .map(|values| scopes_of(values))
+        .filter(|s| !s.is_empty());
     let access = match (spec.resource_attributes, spec.non_resource_attributes) {
         (Some(r), None) => Access::Resource(ResourceAccess {
             verb: r.verb.unwrap_or_default(),
@@ -104,6 +99,17 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<AccessReview, Re
         jwt_scopes,
         access,
     })
+}
+
+/// The scopes in an exchanged JWT's `patrol.dev/scopes` extra, however the claim mapping
+/// delivered them: one space-separated string (`scope` as is) or one value per scope.
+pub fn scopes_of(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(' '))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Patrol's answer.

@@ -115,13 +115,13 @@ impl Rule {
         if self.resources.is_empty() {
             return false;
         }
-        if !self.namespaces.is_empty() && !self.namespaces.iter().any(|n| *n == r.namespace) {
+        if !self.namespaces.is_empty() && !self.namespaces.contains(&r.namespace) {
             return false;
         }
         has_or_star(&self.verbs, &r.verb)
             && has_or_star(&self.api_groups, &r.group)
             && self.resource_matches(&r.resource, &r.subresource)
-            && (self.resource_names.is_empty() || self.resource_names.iter().any(|n| *n == r.name))
+            && (self.resource_names.is_empty() || self.resource_names.contains(&r.name))
     }
 
     fn resource_matches(&self, resource: &str, subresource: &str) -> bool {
