@@ -346,9 +346,11 @@ mod tests {
         index.apply(crate::index::RecordEvent::RelistDone);
         let (status, _, _) = call(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
-        let (status, _, body) = call(&app, post_json(&review(token.expose_secret(), None))).await;
+        let (status, headers, body) =
+            call(&app, post_json(&review(token.expose_secret(), None))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["status"]["authenticated"], false);
+        assert!(headers.get(header::CONNECTION).is_none());
 
         // Draining (after SIGTERM): not ready, so the Service stops routing here, but
         // whatever still arrives is answered.
@@ -357,8 +359,12 @@ mod tests {
             call(&app, Request::get("/readyz").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.to_string().contains("shutting down"), "{body}");
-        let (status, _, _) = call(&app, post_json(&review(token.expose_secret(), None))).await;
+        let (status, headers, _) =
+            call(&app, post_json(&review(token.expose_secret(), None))).await;
         assert_eq!(status, StatusCode::OK);
+        // ...and each HTTP/1.1 connection is closed after its answer, so the client
+        // reconnects through the Service's updated endpoints.
+        assert_eq!(headers[header::CONNECTION], "close");
     }
 
     #[tokio::test]

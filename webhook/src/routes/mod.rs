@@ -137,12 +137,23 @@ fn route_label(path: Option<&MatchedPath>) -> &'static str {
 
 async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = route_label(request.extensions().get::<MatchedPath>());
+    let http1 = request.version() < http::Version::HTTP_2;
     let started = Instant::now();
-    let response = next.run(request).await.into_response();
+    let mut response = next.run(request).await.into_response();
     state.metrics.record_request(
         route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    // Draining: close each HTTP/1.1 connection after its answer, so that clients (the
+    // kube-apiserver's webhook clients pool connections to the Service) reconnect through
+    // the updated endpoints instead of writing into a connection the listener is about to
+    // close. HTTP/2 clients get a GOAWAY at shutdown.
+    if http1 && state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     response
 }
