@@ -131,7 +131,7 @@ impl TokenService {
         let pats = TestNamespace::create(cluster, name).await?;
         let port: u16 = cluster.var("PATROL_WEBHOOK_PORT")?.parse()?;
         let issuer = format!("https://127.0.0.1:{port}");
-        let webhook = spawn(cluster, name, &records.name, port, &issuer, extra_args)?;
+        let webhook = spawn_webhook(cluster, name, &records.name, port, &issuer, extra_args)?;
         let dir = std::env::temp_dir().join(format!("patrol-e2e-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let kubeconfig = dir.join("kubeconfig");
@@ -161,7 +161,7 @@ impl TokenService {
 
     /// Restarts the webhook (after [`Process::kill`]) with the same namespaces.
     pub async fn restart(&mut self, name: &str, extra_args: &[&str]) -> Result<()> {
-        self.webhook = spawn(
+        self.webhook = spawn_webhook(
             self.cluster,
             name,
             &self.records.name,
@@ -425,7 +425,9 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn spawn(
+/// Starts patrol-webhook with `--issuer` on `port`, records in namespace `records`, the
+/// cluster's webhook certificate and debug logging (so log scans cover every line).
+pub fn spawn_webhook(
     cluster: &TestCluster,
     name: &str,
     records: &str,
@@ -451,7 +453,7 @@ fn spawn(
     // Debug logging, so the scan for leaked tokens covers every log line the code has.
     let env = [(
         "RUST_LOG".to_owned(),
-        "debug,h2=info,hyper=info,hyper_util=info,rustls=info,tower=info,kube=info".to_owned(),
+        "debug,h2=info,hyper=info,hyper_util=info,rustls=info,tower=info".to_owned(),
     )];
     Process::spawn(
         cluster,

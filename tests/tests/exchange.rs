@@ -41,7 +41,7 @@ use patrol_api::{
 use patrol_e2e::{
     TestCluster, TestNamespace, eventually,
     process::{self, Process},
-    token_service::{Https, https_client},
+    token_service::{Https, https_client, spawn_webhook},
 };
 use serde_json::{Value, json};
 
@@ -663,43 +663,6 @@ async fn send(
         headers,
         body,
     })
-}
-
-fn spawn_webhook(
-    cluster: &TestCluster,
-    name: &str,
-    records: &str,
-    port: u16,
-    issuer: &str,
-    extra_args: &[&str],
-) -> Result<Process> {
-    let mut args: Vec<String> = vec![
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--namespace".into(),
-        records.into(),
-        "--issuer".into(),
-        issuer.into(),
-        "--shutdown-grace".into(),
-        "1s".into(),
-        "--tls-cert".into(),
-        cluster.var("PATROL_WEBHOOK_CERT")?.to_owned(),
-        "--tls-key".into(),
-        cluster.var("PATROL_WEBHOOK_KEY")?.to_owned(),
-    ];
-    args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-    // Debug logging, so the scan for leaked secrets covers every log line the code has.
-    let env = [(
-        "RUST_LOG".to_owned(),
-        "debug,h2=info,hyper=info,hyper_util=info,rustls=info,tower=info".to_owned(),
-    )];
-    Process::spawn(
-        cluster,
-        name,
-        &process::binary("patrol-webhook")?,
-        &args,
-        &env,
-    )
 }
 
 fn stderr(out: &Output) -> String {
