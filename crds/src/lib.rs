@@ -1,6 +1,7 @@
 //! Patrol's API crate: the `patrol.dev` custom resources and the pure logic every part of
 //! Patrol shares (durations, validation, policy composition, the token format). No I/O.
 
+pub mod attestation;
 pub mod crd;
 pub mod duration;
 pub mod policy;

@@ -63,6 +63,24 @@ pub struct Observed<'a> {
     pub secret: Option<&'a DeliveredSecret>,
     pub policy: &'a EffectivePolicy,
     pub now: DateTime<Utc>,
+    /// Whether admission vetted the owner; decides only issues to a PAT that holds no
+    /// record (see [`OwnerVetting`]).
+    pub owner: &'a OwnerVetting,
+}
+
+/// Whether the operator may trust `spec.owner` (see [`patrol_api::attestation`]).
+///
+/// Asked before issuing a token to a PAT that has no live record: its first token, and
+/// a renewal or replacement after its records are gone. A PAT that holds a record was
+/// vetted when that record was issued, and `spec.owner` cannot change since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerVetting {
+    /// Attested by admission, or attestation is not required by this operator.
+    Vetted,
+    /// Not attested: never issue. The message says why and what to do.
+    Refused(String),
+    /// Cannot tell now (the key is unreadable): wait, issue nothing.
+    Undecided(String),
 }
 
 /// Why a token is being issued.
@@ -471,6 +489,37 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         } else {
             IssueReason::Initial
         };
+        if o.records.is_empty() {
+            match o.owner {
+                OwnerVetting::Vetted => {}
+                OwnerVetting::Refused(why) => {
+                    out.status.token_id = old.token_id.clone();
+                    return finish(
+                        out,
+                        &old,
+                        Phase::Failed,
+                        "OwnerNotVetted",
+                        format!(
+                            "No token is issued: admission did not vet spec.owner ({why}). Create the PersonalAccessToken again in a namespace patrol-webhook admits, without naming an owner you may not impersonate."
+                        ),
+                        now,
+                    );
+                }
+                OwnerVetting::Undecided(why) => {
+                    out.status.token_id = old.token_id.clone();
+                    let mut plan = finish(
+                        out,
+                        &old,
+                        Phase::Pending,
+                        "OwnerVettingUnavailable",
+                        format!("Waiting to check that admission vetted spec.owner: {why}"),
+                        now,
+                    );
+                    plan.requeue_after = Some(Duration::from_secs(15));
+                    return plan;
+                }
+            }
+        }
         out.actions.push(Action::Issue(reason));
         out.status.phase = Some(Phase::Pending);
         return finish(
@@ -1081,6 +1130,7 @@ mod tests {
         secret: Option<DeliveredSecret>,
         policy: EffectivePolicy,
         now: DateTime<Utc>,
+        owner: OwnerVetting,
     }
 
     impl Case {
@@ -1091,7 +1141,13 @@ mod tests {
                 secret: None,
                 policy: no_policy(),
                 now: now(),
+                owner: OwnerVetting::Vetted,
             }
+        }
+
+        fn owner(mut self, owner: OwnerVetting) -> Self {
+            self.owner = owner;
+            self
         }
 
         fn records<const N: usize>(mut self, records: [&TokenRecord; N]) -> Self {
@@ -1121,6 +1177,7 @@ mod tests {
                 secret: self.secret.as_ref(),
                 policy: &self.policy,
                 now: self.now,
+                owner: &self.owner,
             })
         }
     }
@@ -1290,6 +1347,62 @@ mod tests {
             "{}",
             condition(&plan, READY).message
         );
+    }
+
+    #[test]
+    fn an_owner_admission_did_not_vet_is_never_issued_a_token() {
+        let pat = PersonalAccessToken::test();
+        let refused = OwnerVetting::Refused("it has no annotation".into());
+        let plan = Case::new(&pat).owner(refused.clone()).plan();
+        Expect {
+            actions: vec![],
+            phase: Phase::Failed,
+            conditions: ready_false("OwnerNotVetted"),
+            requeue: None,
+            notes: vec![],
+        }
+        .check("first token", &plan);
+        let message = &condition(&plan, READY).message;
+        assert!(message.contains("it has no annotation"), "{message}");
+        assert!(
+            message.contains("Create the PersonalAccessToken again"),
+            "{message}"
+        );
+
+        // Undecided: wait and look again, issue nothing.
+        let plan = Case::new(&pat)
+            .owner(OwnerVetting::Undecided("Secret unreadable".into()))
+            .plan();
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.status.phase, Some(Phase::Pending));
+        assert_eq!(condition(&plan, READY).reason, "OwnerVettingUnavailable");
+        assert_eq!(plan.requeue_after, Some(Duration::from_secs(15)));
+
+        // A status that claims an earlier token does not skip the check (status is not
+        // proof): without a record, vetting decides.
+        let claimed = pat.clone().with_status(PersonalAccessTokenStatus {
+            token_id: Some(A.into()),
+            ..PersonalAccessTokenStatus::default()
+        });
+        let plan = Case::new(&claimed).owner(refused.clone()).plan();
+        assert_eq!(condition(&plan, READY).reason, "OwnerNotVetted");
+        assert!(plan.actions.is_empty());
+
+        // A PAT that holds a record was vetted when it was issued: rotation proceeds.
+        let live = PersonalAccessToken::test()
+            .persistent()
+            .rotation(|r| r.requested_at = Some("r1".into()));
+        let a = issued(&live, &no_policy(), A, ago(DAY));
+        let plan = Case::new(
+            &live
+                .rotation(|r| r.requested_at = Some("r2".into()))
+                .with_status(status_for(&a)),
+        )
+        .records([&a])
+        .secret(delivered(A, ago(DAY)))
+        .owner(refused)
+        .plan();
+        assert_eq!(plan.actions, vec![Action::Issue(IssueReason::Rotation)]);
     }
 
     #[test]

@@ -43,6 +43,15 @@ struct Args {
     /// Reconcile PersonalAccessTokens in this namespace only (default: all namespaces).
     #[arg(long, env = "PATROL_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Issue a PAT's token only when admission attested its owner (patrol-webhook's
+    /// mutating webhook does). Turn off only on clusters that run the operator without
+    /// patrol-webhook's admission, where whoever may create a PersonalAccessToken may name
+    /// any owner.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    require_owner_attestation: bool,
+    /// Secret (in --namespace) holding the owner-attestation key; patrol-webhook creates it.
+    #[arg(long, default_value = patrol_api::attestation::DEFAULT_SECRET_NAME)]
+    owner_attestation_secret: String,
     /// Log format: text or json.
     #[arg(long, env = "PATROL_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -58,6 +67,11 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|_| "local".into());
         format!("{host}-{}", std::process::id())
     });
+    if !args.require_owner_attestation {
+        tracing::warn!(
+            "--require-owner-attestation=false: tokens are issued for any spec.owner, unvetted"
+        );
+    }
     let client = kube::Client::try_default().await?;
     run(
         client,
@@ -75,6 +89,9 @@ async fn main() -> anyhow::Result<()> {
             },
             concurrency: args.concurrency,
             watch_namespace: args.watch_namespace,
+            owner_attestation: args
+                .require_owner_attestation
+                .then_some(args.owner_attestation_secret),
         },
     )
     .await

@@ -24,6 +24,7 @@ use kube::{
     },
 };
 use patrol_api::{
+    attestation,
     policy::PolicySet,
     record::{self, TokenRecord},
     token::{self, TokenHasher},
@@ -33,7 +34,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::{
     crash,
-    lifecycle::{self, Action, DeliveredSecret, IssueReason, Observed},
+    lifecycle::{self, Action, DeliveredSecret, IssueReason, Observed, OwnerVetting},
     metrics::Metrics,
 };
 
@@ -64,6 +65,9 @@ pub struct Context {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Secret (in `namespace`) with the key admission attests owners with; `None`: owners
+    /// are trusted unattested (only for clusters without patrol-webhook's admission).
+    pub owner_attestation: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +148,52 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Req
     result
 }
 
+/// Whether admission attested `pat`'s owner, checked with the key in the attestation
+/// Secret (read fresh, so a replaced key applies at once).
+async fn vet_owner(ctx: &Context, pat: &PersonalAccessToken) -> OwnerVetting {
+    let Some(name) = &ctx.owner_attestation else {
+        return OwnerVetting::Vetted;
+    };
+    let (Some(owner), Some(created)) = (&pat.spec.owner, &pat.metadata.creation_timestamp) else {
+        // No owner: the plan refuses it anyway; no creation time: not from an apiserver.
+        return OwnerVetting::Refused("the object has no owner or creation time".into());
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let where_ = format!("Secret {}/{name}", ctx.namespace);
+    let key = match secrets.get_opt(name).await {
+        Ok(Some(secret)) => attestation::key_of(&secret),
+        Ok(None) => {
+            return OwnerVetting::Undecided(format!(
+                "{where_} does not exist yet; patrol-webhook creates it when it starts"
+            ));
+        }
+        Err(e) => return OwnerVetting::Undecided(format!("{where_} could not be read: {e}")),
+    };
+    let Some(key) = key else {
+        return OwnerVetting::Undecided(format!(
+            "{where_} holds no usable key; delete it and patrol-webhook makes a new one"
+        ));
+    };
+    let annotation = pat
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(attestation::ANNOTATION))
+        .map(String::as_str);
+    let stored = attestation::Stored {
+        namespace: pat.metadata.namespace.as_deref().unwrap_or_default(),
+        name: pat.metadata.name.as_deref().unwrap_or_default(),
+        generate_name: pat.metadata.generate_name.as_deref(),
+        owner,
+        scopes: &pat.spec.scopes,
+        created: patrol_api::time::from_k8s(created),
+    };
+    match attestation::verify(&key, annotation, &stored) {
+        Ok(()) => OwnerVetting::Vetted,
+        Err(refusal) => OwnerVetting::Refused(refusal.to_string()),
+    }
+}
+
 /// Requeue policy for failed reconciles: transient errors retry with a short delay.
 pub fn error_policy(_obj: Arc<DynamicObject>, err: &Error, _ctx: Arc<Context>) -> Requeue {
     warn!(error = %err, "reconcile failed; retrying");
@@ -171,13 +221,25 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
         .await?
         .map(|s| observe_secret(&s, &uid));
 
-    let plan = lifecycle::plan(&Observed {
+    let observed = Observed {
         pat,
         records: &records,
         secret: secret.as_ref(),
         policy: &policy,
         now,
-    });
+        owner: &OwnerVetting::Vetted,
+    };
+    let mut plan = lifecycle::plan(&observed);
+    // Vetting costs a read of the key, and only an issue to a PAT without records needs it.
+    if records.is_empty() && plan.actions.iter().any(|a| matches!(a, Action::Issue(_))) {
+        let owner = vet_owner(ctx, pat).await;
+        if owner != OwnerVetting::Vetted {
+            plan = lifecycle::plan(&Observed {
+                owner: &owner,
+                ..observed
+            });
+        }
+    }
     debug!(actions = ?plan.actions, phase = ?plan.status.phase, "plan");
 
     let mut issue = None;

@@ -49,6 +49,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// Reconcile PATs in this namespace only (default: every namespace).
     pub watch_namespace: Option<String>,
+    /// Secret (in `namespace`) holding the owner-attestation key; `None`: owners are
+    /// trusted without attestation.
+    pub owner_attestation: Option<String>,
 }
 
 /// Runs until SIGTERM/SIGINT (or losing leadership, after which a fresh start is safest).
@@ -126,6 +129,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         namespaces: namespaces.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        owner_attestation: settings.owner_attestation.clone(),
     });
 
     let resource = ApiResource::from_gvk_with_plural(

@@ -28,6 +28,10 @@ pub struct OperatorOptions {
     pub release: bool,
     /// Extra command-line arguments.
     pub args: Vec<String>,
+    /// Issue tokens only for owners admission attested (the webhook of the test must run
+    /// with its `--namespace` set to the same records namespace, which holds the key).
+    /// Off by default: most tests create PATs without the admission webhook.
+    pub vet_owners: bool,
 }
 
 /// A running operator, its metrics port and its records namespace.
@@ -68,6 +72,9 @@ impl Operator {
             }
             None => args.extend(["--leader-election".to_owned(), "false".to_owned()]),
         }
+        if !options.vet_owners {
+            args.push("--require-owner-attestation=false".to_owned());
+        }
         args.extend(options.args.iter().cloned());
         let process = Process::spawn(cluster, "patrol-operator", &bin, &args, &options.env)?;
         Ok(Self {
@@ -96,6 +103,16 @@ impl Operator {
             .await
             .is_ok_and(|m| m.lines().any(|l| l.trim() == "patrol_operator_leader 1"))
     }
+}
+
+/// The reason of a PAT's `Ready` condition ("" when it has none yet).
+pub fn ready_reason(pat: &PersonalAccessToken) -> String {
+    pat.status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
 }
 
 /// Waits until the PAT reaches `phase`, returning it.

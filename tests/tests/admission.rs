@@ -37,10 +37,15 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use patrol_api::v1alpha1::{PersonalAccessToken, Phase, TokenPolicy};
+use patrol_api::{
+    attestation,
+    v1alpha1::{PersonalAccessToken, Phase, TokenPolicy},
+};
 use patrol_e2e::{
     FIELD_MANAGER, TestCluster, TestNamespace, eventually,
-    operator::{Operator, OperatorOptions, delivered_token, records_for, wait_for_phase},
+    operator::{
+        Operator, OperatorOptions, delivered_token, ready_reason, records_for, wait_for_phase,
+    },
     process::{self, Process},
 };
 use patrol_webhook::admission::config::{
@@ -636,7 +641,10 @@ async fn the_owner_is_stamped_from_the_requester_and_nothing_else_changes() -> R
         env.cluster,
         &env.ns,
         &env.records,
-        OperatorOptions::default(),
+        OperatorOptions {
+            vet_owners: true,
+            ..OperatorOptions::default()
+        },
     )?;
     let active = wait_for_phase(
         &env.admin_pats().await?,
@@ -669,6 +677,126 @@ async fn the_owner_is_stamped_from_the_requester_and_nothing_else_changes() -> R
         "{metrics}"
     );
     drop(operator);
+    env.assert_log_clean();
+    Ok(())
+}
+
+/// The operator issues a token only when admission vetted its owner: a PAT created where
+/// the webhooks do not look (a namespace outside their selector, like the release
+/// namespace; or with admission turned off) is refused, and so is one carrying an
+/// attestation copied from another PAT or made up.
+#[tokio::test]
+async fn the_operator_issues_only_owners_admission_vetted() -> Result<()> {
+    let env = Env::start("adm-vetted").await?;
+    let alice = env.user("alice");
+    env.grant_pat_access(&alice).await?;
+    let pats = env.pats_as(&alice, &[], None).await?;
+    let vetted = eventually(PROPAGATION, || async {
+        Ok(pats
+            .create(
+                &PostParams::default(),
+                &pat(
+                    "laptop",
+                    json!({"displayName": "vetted", "scopes": ["read:pods"]}),
+                ),
+            )
+            .await?)
+    })
+    .await?;
+    let stamp = vetted
+        .annotations()
+        .get(attestation::ANNOTATION)
+        .context("admission attested the owner")?
+        .clone();
+    let vetting = OperatorOptions {
+        vet_owners: true,
+        ..OperatorOptions::default()
+    };
+    let inside = Operator::start(env.cluster, &env.ns, &env.records, vetting.clone())?;
+    wait_for_phase(
+        &env.admin_pats().await?,
+        "laptop",
+        Phase::Active,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| inside.process.output())?;
+
+    // A namespace the webhooks do not select; its operator reads the same key.
+    let outside = TestNamespace::create(env.cluster, "adm-vetted-out").await?;
+    let outside_pats: Api<PersonalAccessToken> =
+        Api::namespaced(env.cluster.client().await?, &outside.name);
+    let masters = json!({"username": "mallory", "groups": ["system:masters"]});
+    let cases = [
+        (
+            "masters",
+            masters.clone(),
+            None,
+            "has no patrol.dev/owner-attestation annotation",
+        ),
+        (
+            "laptop",
+            vetted
+                .spec
+                .owner
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()?
+                .context("owner")?,
+            Some(stamp.clone()),
+            "was not made for this object",
+        ),
+        (
+            "forged",
+            masters,
+            Some(stamp.replacen("v1.", "v1.1", 1)),
+            "not made for this object",
+        ),
+    ];
+    for (name, owner, annotation, _) in &cases {
+        let mut object = pat(
+            name,
+            json!({"displayName": "unvetted", "owner": owner, "scopes": ["read:pods"]}),
+        );
+        if let Some(value) = annotation {
+            object.metadata.annotations =
+                Some([(attestation::ANNOTATION.to_owned(), value.clone())].into());
+        }
+        outside_pats.create(&PostParams::default(), &object).await?;
+    }
+    let outside_operator = Operator::start(env.cluster, &outside, &env.records, vetting)?;
+    for (name, _, _, why) in &cases {
+        let failed = wait_for_phase(&outside_pats, name, Phase::Failed, Duration::from_secs(30))
+            .await
+            .with_context(|| outside_operator.process.output())?;
+        assert_eq!(ready_reason(&failed), "OwnerNotVetted", "{name}");
+        let message = failed
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .map(|c| c.message.clone())
+            .collect::<String>();
+        assert!(message.contains(why), "{name}: {message}");
+        assert!(
+            records_for(
+                env.cluster,
+                &env.records.name,
+                &failed.uid().context("uid")?
+            )
+            .await?
+            .is_empty(),
+            "{name}: no record"
+        );
+        assert!(
+            delivered_token(env.cluster, &outside.name, &format!("{name}-token"))
+                .await?
+                .is_none(),
+            "{name}: nothing delivered"
+        );
+        println!("{name}: {message}");
+    }
+    drop(outside_operator);
+    drop(inside);
     env.assert_log_clean();
     Ok(())
 }

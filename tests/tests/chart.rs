@@ -25,12 +25,15 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use patrol_api::v1alpha1::{PersonalAccessToken, Phase};
+use patrol_api::{
+    attestation,
+    v1alpha1::{PersonalAccessToken, Phase},
+};
 use patrol_e2e::{
     TestCluster, TestNamespace,
     chart::{Helm, Manifest, chart_dir},
     eventually,
-    operator::{delivered_token, records_for, wait_for_phase},
+    operator::{delivered_token, ready_reason, records_for, wait_for_phase},
     process::{self, Process},
     repo_root,
 };
@@ -352,11 +355,15 @@ fn rbac_is_exactly_what_the_binaries_use() -> Result<()> {
     }
     // Leases and tokens are the operator's; nothing else in the chart grants anything.
     assert_eq!(m.all("ClusterRole").len() + m.all("Role").len(), 4);
-    // Without token exchange there are no signing keys, so no Secret writes at all.
+    // Without token exchange there are no signing keys, so no Secret updates: only the
+    // creation of the owner-attestation key.
     let no_exchange = render(&["--set", "webhook.exchange.enabled=false"])?;
     assert_eq!(
         no_exchange.get("Role", "patrol-webhook")?["rules"],
-        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}])
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        ])
     );
     Ok(())
 }
@@ -369,6 +376,7 @@ fn secret_write_guard_binds_each_policy_to_one_service_account() -> Result<()> {
     for (component, allowed) in [
         ("operator", "token-record"),
         ("webhook", "patrol-signing-keys"),
+        ("webhook", "patrol-owner-attestation"),
     ] {
         let name = format!("patrol-{component}-secret-writes");
         let policy = m.get("ValidatingAdmissionPolicy", &name)?;
@@ -606,6 +614,8 @@ fn deployments_are_restricted_and_highly_available() -> Result<()> {
         "--leader-election=true",
         "--lease-name=patrol-operator",
         "--lease-duration-seconds=15",
+        "--require-owner-attestation=true",
+        "--owner-attestation-secret=patrol-owner-attestation",
     ] {
         assert!(args.contains(&arg), "operator args {args:?} lack {arg}");
     }
@@ -646,6 +656,7 @@ fn deployments_are_restricted_and_highly_available() -> Result<()> {
         "--scope-group-prefix=patrol:scope:",
         "--issuer=https://patrol-webhook.patrol-system.svc",
         "--signing-keys-secret=patrol-signing-keys",
+        "--owner-attestation-secret=patrol-owner-attestation",
     ] {
         assert!(args.contains(&arg), "webhook args {args:?} lack {arg}");
     }
@@ -1352,45 +1363,27 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     .with_context(|| format!("operator did not lead; log:\n{}", operator.output()))?;
 
     println!("operator leads at {:?}", started.elapsed());
-    // A token, issued under the chart's RBAC and the secret-write guard; a workload
-    // ServiceAccount may act with it in token exchange.
-    cluster.kubectl_ok(&["create", "serviceaccount", "runner", "-n", other])?;
-    let runner = format!("system:serviceaccount:{other}:runner");
+    // A token whose owner admission never saw (this namespace is outside the webhooks'
+    // selector): the operator waits for the attestation key, then refuses it.
     let pats: Api<PersonalAccessToken> = Api::namespaced(client.clone(), other);
-    let pat: PersonalAccessToken = serde_json::from_value(json!({
+    let unvetted: PersonalAccessToken = serde_json::from_value(json!({
         "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
-        "metadata": {"name": "chart"},
-        "spec": {"displayName": "Chart e2e", "owner": {"username": "alice", "groups": ["dev"]}, "scopes": ["read:pods"],
-                 "expiration": {"ttl": "1h"},
-                 "exchange": {"audiences": [KUBE_AUDIENCE], "allowedActors": [&runner]}},
+        "metadata": {"name": "unvetted"},
+        "spec": {"displayName": "Not vetted", "owner": {"username": "mallory", "groups": ["system:masters"]}},
     }))?;
-    pats.create(&PostParams::default(), &pat).await?;
-    let active = wait_for_phase(&pats, "chart", Phase::Active, Duration::from_secs(30))
-        .await
-        .with_context(|| format!("operator log:\n{}", operator.output()))?;
-    let uid = active.uid().context("uid")?;
-    println!(
-        "token Active under the operator's ServiceAccount at {:?}",
-        started.elapsed()
-    );
-    let token = eventually(Duration::from_secs(10), || async {
-        delivered_token(cluster, other, "chart-token")
-            .await?
-            .context("no delivered Secret yet")
+    pats.create(&PostParams::default(), &unvetted).await?;
+    eventually(Duration::from_secs(30), || async {
+        let reason = ready_reason(&pats.get("unvetted").await?);
+        ensure!(
+            reason == "OwnerVettingUnavailable",
+            "Ready reason {reason:?}"
+        );
+        Ok(())
     })
-    .await?;
-    assert_eq!(
-        records_for(cluster, mine, &uid).await?.len(),
-        1,
-        "one token record in the release namespace"
-    );
-    let events = cluster.kubectl_ok(&["get", "events", "-n", other, "-o", "json"])?;
-    assert!(
-        events.contains("\"Issued\""),
-        "the operator may publish events: {events}"
-    );
+    .await
+    .with_context(|| format!("operator log:\n{}", operator.output()))?;
 
-    // 7. The token service, with the Deployment's flags and the chart's certificate, under
+    // 6b. The token service, with the Deployment's flags and the chart's certificate, under
     // its ServiceAccount, on a port of its own.
     let webhook_deployment = serde_json::to_value(deployments.get(&webhook_name).await?)?;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), mine);
@@ -1432,6 +1425,72 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
         "webhook ready under its ServiceAccount at {:?}",
         started.elapsed()
     );
+
+    // The webhook created the attestation key under the secret-write guard; the operator
+    // reads it and refuses the unvetted token for good.
+    let key_secret = secrets.get(&format!("{release}-owner-attestation")).await?;
+    assert_eq!(key_secret.type_.as_deref(), Some(attestation::SECRET_TYPE));
+    let key = attestation::key_of(&key_secret).context("no usable attestation key")?;
+    let failed = wait_for_phase(&pats, "unvetted", Phase::Failed, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("operator log:\n{}", operator.output()))?;
+    assert_eq!(ready_reason(&failed), "OwnerNotVetted");
+    assert!(
+        records_for(cluster, mine, &failed.uid().context("uid")?)
+            .await?
+            .is_empty()
+    );
+
+    // A token, issued under the chart's RBAC and the secret-write guard; a workload
+    // ServiceAccount may act with it in token exchange.
+    cluster.kubectl_ok(&["create", "serviceaccount", "runner", "-n", other])?;
+    let runner = format!("system:serviceaccount:{other}:runner");
+    // Admission does not reach this namespace either, so the test attests the owner as the
+    // mutating webhook would, with the key the webhook made.
+    let mut pat: PersonalAccessToken = serde_json::from_value(json!({
+        "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
+        "metadata": {"name": "chart"},
+        "spec": {"displayName": "Chart e2e", "owner": {"username": "alice", "groups": ["dev"]}, "scopes": ["read:pods"],
+                 "expiration": {"ttl": "1h"},
+                 "exchange": {"audiences": [KUBE_AUDIENCE], "allowedActors": [&runner]}},
+    }))?;
+    let vetted = attestation::attest(
+        &key,
+        &attestation::Vetted {
+            namespace: other,
+            naming: attestation::Naming::Name("chart".into()),
+            owner: pat.spec.owner.as_ref().context("owner")?,
+            scopes: &pat.spec.scopes,
+        },
+        chrono::Utc::now(),
+    );
+    pat.metadata.annotations = Some([(attestation::ANNOTATION.to_owned(), vetted)].into());
+    pats.create(&PostParams::default(), &pat).await?;
+    let active = wait_for_phase(&pats, "chart", Phase::Active, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("operator log:\n{}", operator.output()))?;
+    let uid = active.uid().context("uid")?;
+    println!(
+        "token Active under the operator's ServiceAccount at {:?}",
+        started.elapsed()
+    );
+    let token = eventually(Duration::from_secs(10), || async {
+        delivered_token(cluster, other, "chart-token")
+            .await?
+            .context("no delivered Secret yet")
+    })
+    .await?;
+    assert_eq!(
+        records_for(cluster, mine, &uid).await?.len(),
+        1,
+        "one token record in the release namespace"
+    );
+    let events = cluster.kubectl_ok(&["get", "events", "-n", other, "-o", "json"])?;
+    assert!(
+        events.contains("\"Issued\""),
+        "the operator may publish events: {events}"
+    );
+
     let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}).to_string();
     let (code, body) =
         webhook_request(&ca, &host, port, "/authenticate", Some((JSON, &review))).await?;
@@ -1451,7 +1510,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     .await
     .with_context(|| format!("webhook log:\n{}", webhook.output()))?;
 
-    // Token exchange with an actor: the signing keys are created under the secret-write
+    // 7. Token exchange with an actor: the signing keys are created under the secret-write
     // guard, and the actor's ServiceAccount token is verified by a TokenReview the webhook
     // makes under its account.
     let runner_token = cluster

@@ -97,6 +97,10 @@ struct Args {
     /// Secret (in --namespace) holding the signing keys of exchanged tokens.
     #[arg(long, default_value = "patrol-signing-keys")]
     signing_keys_secret: String,
+    /// Secret (in --namespace) holding the key that attests vetted owners to the operator;
+    /// created when absent. The operator reads the same Secret.
+    #[arg(long, default_value = patrol_api::attestation::DEFAULT_SECRET_NAME)]
+    owner_attestation_secret: String,
     /// How long each signing key signs before the next one (published a period ahead) takes over.
     #[arg(long, default_value = "30d", value_parser = duration)]
     signing_key_rotation: Duration,
@@ -150,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
         tls_key: args.tls_key,
         tls_reload_interval: args.tls_reload_interval,
         namespace: args.namespace,
+        owner_attestation_secret: args.owner_attestation_secret,
         identity: IdentityMapping {
             username_prefix: args.username_prefix,
             scope_group_prefix: args.scope_group_prefix,

@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use tracing::info;
 
 use crate::{
-    admission::{Admission, KubeCluster, SubjectAccessReviewer, TokenContext},
+    admission::{Admission, KubeCluster, SubjectAccessReviewer, TokenContext, attestation},
     authz::{self, watch::CatalogCell},
     index::{self, RecordIndex},
     issuer::Issuer,
@@ -59,6 +59,8 @@ pub struct Settings {
     /// Service's endpoints (kube-proxy, load balancers) stop sending new connections here
     /// before the listener closes.
     pub drain_delay: Duration,
+    /// Secret (in `namespace`) holding the owner-attestation key.
+    pub owner_attestation_secret: String,
     /// How long in-flight requests may finish after the drain delay.
     pub shutdown_grace: Duration,
 }
@@ -119,6 +121,12 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
         let validator = validator.clone();
         move |ids: &[_]| validator.on_index_change(ids)
     };
+    let attestation_keys = Arc::new(attestation::KeyCell::default());
+    tokio::spawn(attestation::keep_key(
+        secrets.clone(),
+        settings.owner_attestation_secret.clone(),
+        attestation_keys.clone(),
+    ));
     tokio::spawn(index::run_watch(secrets, index, on_change));
     let (cluster, admission_watches) = KubeCluster::new(client.clone(), metrics.clone());
     tokio::spawn(admission_watches);
@@ -133,7 +141,8 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
             index: validator.index().clone(),
             catalog: catalog.clone(),
             scope_group_prefix: settings.identity.scope_group_prefix.clone(),
-        }),
+        })
+        .with_attestation(attestation_keys),
     );
     tokio::spawn(authz::watch::run(
         client.clone(),

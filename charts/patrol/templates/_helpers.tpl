@@ -32,6 +32,9 @@
 {{- define "patrol.signingKeySecretName" -}}
 {{- default (printf "%s-signing-keys" (include "patrol.fullname" .)) .Values.webhook.exchange.signingKeySecretName -}}
 {{- end -}}
+{{- define "patrol.ownerAttestationSecretName" -}}
+{{- printf "%s-owner-attestation" (include "patrol.fullname" .) -}}
+{{- end -}}
 {{- define "patrol.issuer" -}}
 {{- default (printf "https://%s.%s.svc" (include "patrol.webhook.fullname" .) .Release.Namespace) .Values.webhook.exchange.issuer -}}
 {{- end -}}

@@ -1,8 +1,10 @@
 //! Admission control for Patrol's resources (`/mutate` and `/validate`, AdmissionReview v1).
 //!
-//! - **Mutation** ([`owner::stamp_owner`]): a PersonalAccessToken created without
-//!   `spec.owner` gets the requester as its owner. Nothing else is touched, so GitOps tools
-//!   see no drift; updates are never mutated.
+//! - **Mutation** ([`owner::owner_to_stamp`]): a PersonalAccessToken created without
+//!   `spec.owner` gets the requester as its owner, and once the owner is vetted, an
+//!   attestation annotation the operator checks before it issues ([`attestation`]). Nothing
+//!   else is touched, so GitOps tools see no drift (annotations they do not manage are not
+//!   theirs); updates are never mutated.
 //! - **Validation of PersonalAccessTokens** ([`rules`]): the same pure functions the operator
 //!   uses (`validate_token`, `validate_token_update`, `EffectivePolicy::admission_violations`),
 //!   so what is admitted is exactly what the operator issues without complaint. On update only
@@ -22,21 +24,25 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures::future::join_all;
+use json_patch::{Patch, PatchOperation};
 use k8s_openapi::api::authentication::v1::UserInfo;
 use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, Operation},
 };
 use patrol_api::{
-    GROUP, duration,
+    GROUP,
+    attestation::{AttestationKey, Naming, Vetted},
+    duration,
     policy::EffectivePolicy,
-    v1alpha1::{PersonalAccessToken, TokenPolicy},
+    v1alpha1::{PersonalAccessToken, PersonalAccessTokenSpec, TokenOwner, TokenPolicy},
 };
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
+pub mod attestation;
 pub mod cluster;
 pub mod config;
 pub mod owner;
@@ -196,6 +202,8 @@ pub struct Admission {
     metrics: Arc<Metrics>,
     /// `None`: requests made with Patrol tokens are refused (nothing to judge them by).
     tokens: Option<TokenContext>,
+    /// `None`: owners are not attested (unit tests of other rules).
+    attestation: Option<Arc<attestation::KeyCell>>,
 }
 
 impl Admission {
@@ -209,7 +217,15 @@ impl Admission {
             reviewer,
             metrics,
             tokens: None,
+            attestation: None,
         }
+    }
+
+    /// Attests vetted owners with the key in `keys` ([`attestation`]); until it holds one,
+    /// new PersonalAccessTokens are refused (retry), since the operator would not issue them.
+    pub fn with_attestation(mut self, keys: Arc<attestation::KeyCell>) -> Self {
+        self.attestation = Some(keys);
+        self
     }
 
     /// Judges requests made with Patrol tokens against the index and the scope catalog.
@@ -218,55 +234,175 @@ impl Admission {
         self
     }
 
-    /// Whether the TokenPolicy and Namespace caches have synced (readiness).
+    /// Whether the TokenPolicy and Namespace caches have synced and the attestation key is
+    /// loaded (readiness).
     pub fn is_ready(&self) -> bool {
         self.cluster.is_synced()
+            && self
+                .attestation
+                .as_ref()
+                .is_none_or(|keys| keys.current().is_some())
     }
 
-    /// `/mutate`: stamps `spec.owner` on a PersonalAccessToken created without one.
-    pub fn mutate(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    /// `/mutate`: stamps `spec.owner` on a PersonalAccessToken created without one, and
+    /// attests the owner once it is vetted ([`attestation`]).
+    pub async fn mutate(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
         let target = Target::of(request);
         let mut response = AdmissionResponse::from(request);
-        let stamp = match (target, &request.operation, &request.object) {
+        let outcome = match (target, &request.operation, &request.object) {
             (Target::Token, Operation::Create, Some(object)) if request.sub_resource.is_none() => {
-                let scope_groups = parent::parent_token(&request.user_info)
-                    .and(self.tokens.as_ref())
-                    .map(|t| t.scope_group_prefix.as_str());
-                owner::stamp_owner(object, &request.user_info, scope_groups)
+                self.mutate_token(request, object).await
             }
-            _ => None,
+            _ => Ok(vec![]),
         };
-        if let Some(patch) = stamp {
-            match response.clone().with_patch(patch) {
-                Ok(patched) => {
-                    debug!(
-                        uid = %request.uid,
-                        namespace = request.namespace.as_deref().unwrap_or_default(),
-                        user = request.user_info.username.as_deref().unwrap_or_default(),
-                        "spec.owner stamped from the requester"
-                    );
-                    response = patched;
-                }
-                Err(e) => {
-                    // Serializing a JSON patch of strings cannot fail; if it did, refusing
-                    // is safer than admitting a token without an owner.
-                    warn!(error = %e, "serializing the owner patch failed");
-                    response = review::deny(
-                        response,
-                        target,
-                        request,
-                        &[Problem::unavailable(
+        let mut problems = Vec::new();
+        match outcome {
+            Ok(operations) if !operations.is_empty() => {
+                match response.clone().with_patch(Patch(operations)) {
+                    Ok(patched) => {
+                        debug!(
+                            uid = %request.uid,
+                            namespace = request.namespace.as_deref().unwrap_or_default(),
+                            user = request.user_info.username.as_deref().unwrap_or_default(),
+                            "owner stamped or attested"
+                        );
+                        response = patched;
+                    }
+                    Err(e) => {
+                        // Serializing a JSON patch of strings cannot fail; if it did, refusing
+                        // is safer than admitting a token without an owner.
+                        warn!(error = %e, "serializing the owner patch failed");
+                        problems.push(Problem::unavailable(
                             "spec.owner",
                             "the owner could not be stamped; retry",
-                        )],
-                    );
+                        ));
+                    }
                 }
             }
-        } else if target == Target::Foreign {
-            response.warnings = Some(vec![foreign_warning(request)]);
+            Ok(_) => {
+                if target == Target::Foreign {
+                    response.warnings = Some(vec![foreign_warning(request)]);
+                }
+            }
+            Err(problem) => problems.push(problem),
         }
-        self.record("mutate", target, request, &response, &[]);
+        if !problems.is_empty() {
+            response = review::deny(response, target, request, &problems);
+        }
+        self.record("mutate", target, request, &response, &problems);
         response
+    }
+
+    /// The patch for a new PersonalAccessToken: its owner when it names none, and the
+    /// attestation that the owner was vetted (when this webhook attests).
+    async fn mutate_token(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        object: &DynamicObject,
+    ) -> Result<Vec<PatchOperation>, Problem> {
+        let user = &request.user_info;
+        let scope_groups = parent::parent_token(user)
+            .and(self.tokens.as_ref())
+            .map(|t| t.scope_group_prefix.as_str());
+        let stamped = owner::owner_to_stamp(object, user, scope_groups);
+        let mut operations: Vec<PatchOperation> = stamped
+            .as_ref()
+            .and_then(owner::stamp_operation)
+            .into_iter()
+            .collect();
+        let Some(keys) = &self.attestation else {
+            return Ok(operations);
+        };
+        let Some(key) = keys.current() else {
+            return Err(Problem::unavailable(
+                "metadata.annotations",
+                "patrol-webhook has not loaded its owner-attestation key yet; retry in a moment",
+            ));
+        };
+        let value = self.attest(request, object, stamped, &key).await;
+        operations.extend(attestation::patch(object, value));
+        Ok(operations)
+    }
+
+    /// The attestation of a new token whose owner is vetted: the requester, or someone the
+    /// requester may impersonate (and, for a request made with a Patrol token, a token that
+    /// token may mint). `None` otherwise; validation then says why.
+    async fn attest(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        object: &DynamicObject,
+        stamped: Option<TokenOwner>,
+        key: &AttestationKey,
+    ) -> Option<String> {
+        let user = &request.user_info;
+        let mut pat: PersonalAccessToken = decode(Some(object), "object").ok()?;
+        if let Some(owner) = stamped {
+            pat.spec.owner = Some(owner);
+        } else {
+            let checks = owner::impersonation_checks(user, pat.spec.owner.as_ref()?);
+            if !checks.is_empty() {
+                let answers = self.review_all(user, &checks).await;
+                if !owner::escalation_problems(user, &checks, &answers).is_empty() {
+                    return None;
+                }
+            }
+        }
+        let namespace = request.namespace.as_deref().filter(|n| !n.is_empty())?;
+        if !self
+            .parent_problems(user, namespace, &pat.spec, Utc::now())
+            .is_empty()
+        {
+            return None;
+        }
+        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let naming = match (
+            non_empty(pat.metadata.name.clone()),
+            non_empty(pat.metadata.generate_name.clone()),
+        ) {
+            (Some(name), _) => Naming::Name(name),
+            (None, Some(prefix)) => Naming::GenerateName(prefix),
+            (None, None) => return None,
+        };
+        let vetted = Vetted {
+            namespace,
+            naming,
+            owner: pat.spec.owner.as_ref()?,
+            scopes: &pat.spec.scopes,
+        };
+        Some(patrol_api::attestation::attest(key, &vetted, Utc::now()))
+    }
+
+    /// What is wrong with a token created or changed with a Patrol token (nothing when the
+    /// request was made with other credentials).
+    fn parent_problems(
+        &self,
+        user: &UserInfo,
+        namespace: &str,
+        spec: &PersonalAccessTokenSpec,
+        now: chrono::DateTime<Utc>,
+    ) -> Vec<Problem> {
+        let Some(token) = parent::parent_token(user) else {
+            return vec![];
+        };
+        match &self.tokens {
+            Some(ctx) => {
+                let record = ctx.index.get(&token.id);
+                let catalog = ctx.catalog.current();
+                parent::minted_by_token(
+                    &token,
+                    record.as_deref(),
+                    catalog.as_deref(),
+                    namespace,
+                    spec,
+                    &ctx.scope_group_prefix,
+                    now,
+                )
+            }
+            None => vec![Problem::escalation(
+                "spec",
+                "this request was made with a Patrol token, and this webhook cannot judge those; use your own credentials",
+            )],
+        }
     }
 
     /// `/validate`: PersonalAccessTokens and TokenPolicies on create and update.
@@ -371,27 +507,7 @@ impl Admission {
             format!("TokenPolicy {p} is invalid and not enforced here; see kubectl describe tokenpolicy {p}")
         }));
 
-        if let Some(token) = parent::parent_token(&request.user_info) {
-            problems.extend(match &self.tokens {
-                Some(ctx) => {
-                    let record = ctx.index.get(&token.id);
-                    let catalog = ctx.catalog.current();
-                    parent::minted_by_token(
-                        &token,
-                        record.as_deref(),
-                        catalog.as_deref(),
-                        &namespace,
-                        &new.spec,
-                        &ctx.scope_group_prefix,
-                        now,
-                    )
-                }
-                None => vec![Problem::escalation(
-                    "spec",
-                    "this request was made with a Patrol token, and this webhook cannot judge those; use your own credentials",
-                )],
-            });
-        }
+        problems.extend(self.parent_problems(&request.user_info, &namespace, &new.spec, now));
 
         let mut annotations = BTreeMap::new();
         if let Some(owner) = rules::owner_to_check(old.as_ref().map(|o| &o.spec), &new.spec) {

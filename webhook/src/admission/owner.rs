@@ -36,7 +36,7 @@
 use std::fmt;
 
 use futures::future::BoxFuture;
-use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::{
     authentication::v1::UserInfo,
     authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
@@ -66,16 +66,16 @@ pub fn owner_of(user: &UserInfo) -> Option<TokenOwner> {
     })
 }
 
-/// The JSON patch that sets `spec.owner` to the requester, when the object has a `spec`
-/// without an owner; `None` otherwise (an object without `spec` is left to the schema).
-/// Groups starting with `scope_groups` (when given: the requester authenticated with a
-/// Patrol token, whose scopes surface as groups) are the token's, not the owner's, and
-/// are left out.
-pub fn stamp_owner(
+/// The owner to stamp on `object`: the requester, when the object has a `spec` without an
+/// owner; `None` otherwise (an object without `spec` is left to the schema). Groups
+/// starting with `scope_groups` (when given: the requester authenticated with a Patrol
+/// token, whose scopes surface as groups) are the token's, not the owner's, and are left
+/// out.
+pub fn owner_to_stamp(
     object: &DynamicObject,
     user: &UserInfo,
     scope_groups: Option<&str>,
-) -> Option<Patch> {
+) -> Option<TokenOwner> {
     let spec = object.data.get("spec")?.as_object()?;
     if spec.get("owner").is_some_and(|o| !o.is_null()) {
         return None;
@@ -84,11 +84,15 @@ pub fn stamp_owner(
     if let Some(prefix) = scope_groups {
         owner.groups.retain(|g| !g.starts_with(prefix));
     }
-    let owner = serde_json::to_value(owner).ok()?;
-    Some(Patch(vec![PatchOperation::Add(AddOperation {
+    Some(owner)
+}
+
+/// The JSON patch operation that sets `spec.owner`.
+pub fn stamp_operation(owner: &TokenOwner) -> Option<PatchOperation> {
+    Some(PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(["spec", "owner"]),
-        value: owner,
-    })]))
+        value: serde_json::to_value(owner).ok()?,
+    }))
 }
 
 pub use crate::owners::service_account;

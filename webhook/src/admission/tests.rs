@@ -296,8 +296,8 @@ fn apply_patch(object: &Value, response: &Value) -> Value {
     patched
 }
 
-#[test]
-fn mutation_stamps_only_the_owner() {
+#[tokio::test]
+async fn mutation_stamps_only_the_owner() {
     let w = world();
     let user = json!({
         "username": "alice", "uid": "alice-uid",
@@ -308,7 +308,7 @@ fn mutation_stamps_only_the_owner() {
         json!({"displayName": "laptop", "scopes": ["read:pods"], "expiration": {"ttl": "30d"}}),
     );
     let r = request("CREATE", "PersonalAccessToken", &user, Some(&object), None);
-    let response = response_body(w.admission.mutate(&r))["response"].clone();
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
     assert_allowed(&response);
     let patch: Value = {
         let encoded: k8s_openapi::ByteString =
@@ -330,8 +330,155 @@ fn mutation_stamps_only_the_owner() {
     );
 }
 
-#[test]
-fn mutation_leaves_everything_else_alone() {
+/// A world whose admission attests owners with a fixed key.
+fn attesting_world() -> (World, Arc<attestation::KeyCell>) {
+    let mut w = world();
+    let keys = Arc::new(attestation::KeyCell::default());
+    keys.set(key());
+    w.admission = w.admission.with_attestation(keys.clone());
+    (w, keys)
+}
+
+fn key() -> patrol_api::attestation::AttestationKey {
+    patrol_api::attestation::AttestationKey::from_bytes(&[7; 32]).unwrap()
+}
+
+/// Whether the patched object's attestation vouches for it, as the operator will check.
+fn vouched(
+    patched: &Value,
+    name: &str,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<(), patrol_api::attestation::Refusal> {
+    let pat: patrol_api::v1alpha1::PersonalAccessToken =
+        serde_json::from_value(patched.clone()).unwrap();
+    let owner = pat.spec.owner.clone().unwrap();
+    patrol_api::attestation::verify(
+        &key(),
+        patched["metadata"]["annotations"][patrol_api::attestation::ANNOTATION].as_str(),
+        &patrol_api::attestation::Stored {
+            namespace: "team-a",
+            name,
+            generate_name: pat.metadata.generate_name.as_deref(),
+            owner: &owner,
+            scopes: &pat.spec.scopes,
+            created,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_vetted_owner_is_attested_for_the_operator() {
+    let (w, _) = attesting_world();
+    let now = chrono::Utc::now();
+
+    // Stamped from the requester: vetted by construction, existing annotations kept.
+    let mut object = pat(json!({"displayName": "laptop", "scopes": ["read:pods"]}));
+    object["metadata"]["annotations"] = json!({"team": "a"});
+    let r = request(
+        "CREATE",
+        "PersonalAccessToken",
+        &alice(),
+        Some(&object),
+        None,
+    );
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    assert_allowed(&response);
+    let patched = apply_patch(&object, &response);
+    assert_eq!(patched["metadata"]["annotations"]["team"], "a");
+    assert_eq!(vouched(&patched, "laptop", now), Ok(()));
+    assert!(w.asked().is_empty(), "the requester needs no review");
+
+    // Someone else as owner, and the requester may not impersonate them: no attestation,
+    // and one the requester wrote is removed.
+    let mut object = pat(
+        json!({"displayName": "x", "owner": {"username": "root", "groups": ["system:masters"]}}),
+    );
+    object["metadata"]["annotations"] =
+        json!({(patrol_api::attestation::ANNOTATION): "v1.1.forged"});
+    let r = request(
+        "CREATE",
+        "PersonalAccessToken",
+        &alice(),
+        Some(&object),
+        None,
+    );
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    assert_allowed(&response);
+    let patched = apply_patch(&object, &response);
+    assert_eq!(patched["metadata"]["annotations"], json!({}), "{patched}");
+    assert_eq!(
+        patched["spec"]["owner"]["username"], "root",
+        "the owner is validation's to refuse"
+    );
+
+    // ... and once they may, it is attested.
+    w.allow(Impersonated::User("root".into()));
+    w.allow(Impersonated::Group("system:masters".into()));
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    let patched = apply_patch(&object, &response);
+    assert_eq!(vouched(&patched, "laptop", now), Ok(()));
+
+    // generateName: bound to the prefix, checked against the name the apiserver picks.
+    let mut object = pat(json!({"displayName": "ci"}));
+    object["metadata"] = json!({"generateName": "ci-", "namespace": "team-a"});
+    let r = request(
+        "CREATE",
+        "PersonalAccessToken",
+        &alice(),
+        Some(&object),
+        None,
+    );
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    let mut patched = apply_patch(&object, &response);
+    let value = patched["metadata"]["annotations"][patrol_api::attestation::ANNOTATION]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(value.contains(".g."), "{value}");
+    patched["metadata"]["name"] = json!("ci-4xk2p");
+    assert_eq!(vouched(&patched, "ci-4xk2p", now), Ok(()));
+    assert_eq!(
+        vouched(&patched, "prod-4xk2p", now),
+        Err(patrol_api::attestation::Refusal::Mismatch)
+    );
+}
+
+#[tokio::test]
+async fn without_its_key_mutation_refuses_new_tokens() {
+    let mut w = world();
+    w.admission = w
+        .admission
+        .with_attestation(Arc::new(attestation::KeyCell::default()));
+    assert!(!w.admission.is_ready(), "not ready without the key");
+    let r = request(
+        "CREATE",
+        "PersonalAccessToken",
+        &alice(),
+        Some(&pat(json!({"displayName": "x"}))),
+        None,
+    );
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    assert_denied(
+        &response,
+        503,
+        "metadata.annotations",
+        &["owner-attestation key", "retry"],
+    );
+    // Other objects and updates are not held up.
+    let r = request(
+        "CREATE",
+        "TokenPolicy",
+        &alice(),
+        Some(&policy_object("p", json!({}))),
+        None,
+    );
+    assert_allowed(&response_body(w.admission.mutate(&r).await)["response"]);
+    let (w, _) = attesting_world();
+    assert!(w.admission.is_ready());
+}
+
+#[tokio::test]
+async fn mutation_leaves_everything_else_alone() {
     let w = world();
     let no_uid = json!({"username": "bob", "groups": ["system:authenticated"]});
     let object = pat(json!({"displayName": "x", "owner": null}));
@@ -342,7 +489,7 @@ fn mutation_leaves_everything_else_alone() {
         Some(&object),
         None,
     );
-    let response = response_body(w.admission.mutate(&r))["response"].clone();
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
     let patched = apply_patch(&object, &response);
     assert_eq!(
         patched["spec"]["owner"],
@@ -390,7 +537,7 @@ fn mutation_leaves_everything_else_alone() {
     ];
     for (case, op, kind, object, old) in cases {
         let r = request(op, kind, &alice(), Some(&object), old.as_ref());
-        let response = response_body(w.admission.mutate(&r))["response"].clone();
+        let response = response_body(w.admission.mutate(&r).await)["response"].clone();
         assert_allowed(&response);
         assert!(response.get("patch").is_none(), "{case}: {response}");
         assert!(response.get("patchType").is_none(), "{case}");
@@ -404,7 +551,7 @@ fn mutation_leaves_everything_else_alone() {
         None,
     );
     assert!(
-        response_body(w.admission.mutate(&r))["response"]
+        response_body(w.admission.mutate(&r).await)["response"]
             .get("patch")
             .is_none(),
         "no username, no owner"
@@ -417,7 +564,7 @@ fn mutation_leaves_everything_else_alone() {
         Some(&json!({"metadata": {"name": "p"}, "spec": {}})),
         None,
     );
-    let response = response_body(w.admission.mutate(&r))["response"].clone();
+    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
     assert_allowed(&response);
     assert!(
         response["warnings"][0]

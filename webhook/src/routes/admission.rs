@@ -37,7 +37,7 @@ async fn mutate(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match read(&headers, body) {
-        Ok(request) => Json(response_body(state.admission.mutate(&request))).into_response(),
+        Ok(request) => Json(response_body(state.admission.mutate(&request).await)).into_response(),
         Err(e) => e.into_response(),
     }
 }
