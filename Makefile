@@ -42,6 +42,10 @@ crds: ## Regenerate crds/generated and docs/api-reference.md from the Rust types
 build: ## Build patrol-operator and patrol-webhook
 	cargo build --release --bins
 
+.PHONY: cli
+cli: ## Build kubectl-pat, Patrol's kubectl plugin (target/release/kubectl-pat; put it on PATH)
+	cargo build --release --locked -p patrol-cli
+
 .PHONY: lint
 lint: ## rustfmt and clippy
 	cargo fmt --all --check

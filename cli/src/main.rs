@@ -1,0 +1,391 @@
+//! `kubectl-pat`: Patrol's command line (a kubectl plugin by name: `kubectl pat …`).
+//!
+//! - `credential`: the exec-credential plugin. kubectl runs it for every request that needs
+//!   a token; it trades the PAT for a short-lived JWT at Patrol's token endpoint, caches
+//!   the JWT, and hands kubectl the JWT with its expiry. The PAT never reaches the
+//!   apiserver.
+//! - `exchange`: the same trade, printed, for scripts.
+//! - `kubeconfig`: a kubeconfig whose user runs `credential`.
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context, Result, bail};
+use chrono::{SecondsFormat, Utc};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+mod cache;
+mod exchange;
+
+use exchange::{Ask, ExchangeError, Exchanged, Issuer};
+
+#[derive(Parser)]
+#[command(
+    name = "kubectl-pat",
+    version,
+    about = "Personal Access Tokens for Kubernetes (Patrol)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Exec-credential plugin: print a client.authentication.k8s.io ExecCredential holding a
+    /// JWT exchanged for the PAT (cached until shortly before it expires).
+    Credential(Exchange),
+    /// Exchange the PAT for a JWT and print it (`-o json`: with its expiry and scopes).
+    Exchange {
+        #[command(flatten)]
+        exchange: Exchange,
+        /// Output: the bare token, or json.
+        #[arg(short, long, default_value = "token", value_parser = ["token", "json"])]
+        output: String,
+    },
+    /// Print a kubeconfig whose user runs `kubectl pat credential` (merge it with
+    /// `KUBECONFIG=~/.kube/config:patrol.yaml kubectl config view --flatten`).
+    Kubeconfig {
+        #[command(flatten)]
+        exchange: Exchange,
+        /// The apiserver URL.
+        #[arg(long)]
+        server: String,
+        /// PEM file of the apiserver's CA.
+        #[arg(long)]
+        server_certificate_authority: PathBuf,
+        /// Name of the cluster, user and context entries.
+        #[arg(long, default_value = "patrol")]
+        name: String,
+        /// The plugin command kubectl runs (default: kubectl-pat, found on PATH).
+        #[arg(long, default_value = "kubectl-pat")]
+        command: String,
+    },
+}
+
+/// Where the PAT is, and what to trade it for.
+#[derive(Args, Clone)]
+struct Exchange {
+    /// Patrol's issuer URL (the `issuer` of its discovery document).
+    #[arg(long, env = "PATROL_ISSUER")]
+    issuer: String,
+    /// PEM file of the CA that signed Patrol's serving certificate.
+    #[arg(long, env = "PATROL_CERTIFICATE_AUTHORITY")]
+    certificate_authority: Option<PathBuf>,
+    /// File holding the PAT (kept 0600; the PAT is read, never copied elsewhere).
+    #[arg(
+        long,
+        conflicts_with = "token_env",
+        required_unless_present = "token_env"
+    )]
+    token_file: Option<PathBuf>,
+    /// Name of an environment variable holding the PAT.
+    #[arg(long)]
+    token_env: Option<String>,
+    /// Audience of the JWT (default: the PAT's default audience).
+    #[arg(long)]
+    audience: Option<String>,
+    /// Scopes to narrow the JWT to (repeat or comma-separate; default: all the PAT holds).
+    #[arg(long = "scope", value_delimiter = ',')]
+    scopes: Vec<String>,
+    /// Cache directory (default: $XDG_CACHE_HOME/patrol or ~/.cache/patrol).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Exchange every time; read and write no cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl Exchange {
+    fn pat(&self) -> Result<Zeroizing<String>> {
+        let text = match (&self.token_file, &self.token_env) {
+            (Some(file), _) => {
+                Zeroizing::new(std::fs::read_to_string(file).with_context(|| {
+                    format!("reading the PAT from --token-file {}", file.display())
+                })?)
+            }
+            (None, Some(var)) => Zeroizing::new(std::env::var(var).with_context(|| {
+                format!("reading the PAT from environment variable {var} (--token-env)")
+            })?),
+            (None, None) => bail!("give --token-file or --token-env"),
+        };
+        let pat = Zeroizing::new(text.trim().to_owned());
+        if pat.is_empty() {
+            bail!("the PAT is empty; put the token from the PAT's Secret there");
+        }
+        Ok(pat)
+    }
+
+    fn ask(&self) -> Ask {
+        Ask {
+            audience: self.audience.clone(),
+            scopes: self
+                .scopes
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn cache_path(&self, pat: &str) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        let dir = self.cache_dir.clone().or_else(cache::default_dir)?;
+        Some(cache::entry_path(
+            &dir,
+            &self.issuer,
+            self.audience.as_deref(),
+            &self.scopes,
+            pat,
+        ))
+    }
+
+    /// A fresh JWT: from the cache, else exchanged (and cached).
+    fn jwt(&self, use_cache: bool) -> Result<Exchanged> {
+        let pat = self.pat()?;
+        let path = self.cache_path(&pat).filter(|_| use_cache);
+        if let Some(hit) = path.as_deref().and_then(|p| cache::read(p, Utc::now())) {
+            return Ok(hit);
+        }
+        let issuer = Issuer::new(&self.issuer, self.certificate_authority.as_deref())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let result = runtime.block_on(issuer.exchange(&pat, &self.ask()));
+        match (result, path) {
+            (Ok(jwt), Some(path)) => {
+                if let Err(e) = cache::write(&path, &jwt) {
+                    eprintln!("kubectl-pat: warning: not cached: {e:#}");
+                }
+                Ok(jwt)
+            }
+            (Ok(jwt), None) => Ok(jwt),
+            (Err(e), path) => {
+                if let (ExchangeError::Refused { .. }, Some(path)) = (&e, path) {
+                    cache::remove(&path);
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The ExecCredential kubectl reads; its apiVersion follows what kubectl asked for.
+fn exec_credential(jwt: &Exchanged) -> serde_json::Value {
+    let api_version = std::env::var("KUBERNETES_EXEC_INFO")
+        .ok()
+        .and_then(|info| serde_json::from_str::<serde_json::Value>(&info).ok())
+        .and_then(|info| info["apiVersion"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "client.authentication.k8s.io/v1".to_owned());
+    json!({
+        "apiVersion": api_version,
+        "kind": "ExecCredential",
+        "status": {
+            "token": jwt.access_token,
+            "expirationTimestamp": jwt.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        },
+    })
+}
+
+fn kubeconfig(
+    exchange: &Exchange,
+    server: &str,
+    server_ca: &Path,
+    name: &str,
+    command: &str,
+) -> Result<serde_json::Value> {
+    let absolute =
+        |p: &Path| -> Result<String> { Ok(std::path::absolute(p)?.display().to_string()) };
+    let mut args = vec![
+        "credential".to_owned(),
+        format!("--issuer={}", exchange.issuer),
+    ];
+    if let Some(ca) = &exchange.certificate_authority {
+        args.push(format!("--certificate-authority={}", absolute(ca)?));
+    }
+    match (&exchange.token_file, &exchange.token_env) {
+        (Some(file), _) => args.push(format!("--token-file={}", absolute(file)?)),
+        (None, Some(var)) => args.push(format!("--token-env={var}")),
+        (None, None) => bail!("give --token-file or --token-env"),
+    }
+    if let Some(audience) = &exchange.audience {
+        args.push(format!("--audience={audience}"));
+    }
+    if !exchange.scopes.is_empty() {
+        args.push(format!("--scope={}", exchange.scopes.join(",")));
+    }
+    if let Some(dir) = &exchange.cache_dir {
+        args.push(format!("--cache-dir={}", absolute(dir)?));
+    }
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority": absolute(server_ca)?}}],
+        "users": [{"name": name, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": command,
+            "args": args,
+            "interactiveMode": "Never",
+            "provideClusterInfo": false,
+            "installHint": "kubectl-pat is Patrol's kubectl plugin: put it on your PATH (see Patrol's user guide).",
+        }}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+    }))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Credential(exchange) => {
+            let jwt = exchange.jwt(true)?;
+            println!("{}", exec_credential(&jwt));
+        }
+        Command::Exchange { exchange, output } => {
+            let jwt = exchange.jwt(false)?;
+            if output == "json" {
+                let answer = json!({
+                    "accessToken": jwt.access_token,
+                    "expiresAt": jwt.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    "scope": jwt.scope,
+                });
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                if std::io::stdout().is_terminal() {
+                    eprintln!(
+                        "kubectl-pat: a JWT until {}:",
+                        jwt.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+                    );
+                }
+                println!("{}", jwt.access_token);
+            }
+        }
+        Command::Kubeconfig {
+            exchange,
+            server,
+            server_certificate_authority,
+            name,
+            command,
+        } => {
+            let config = kubeconfig(
+                &exchange,
+                &server,
+                &server_certificate_authority,
+                &name,
+                &command,
+            )?;
+            print!("{}", serde_yaml::to_string(&config)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubectl-pat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kubeconfig_runs_the_plugin_with_absolute_paths() {
+        let cli = Cli::parse_from([
+            "kubectl-pat",
+            "kubeconfig",
+            "--issuer=https://patrol.example",
+            "--certificate-authority=ca.pem",
+            "--token-file=pat.txt",
+            "--audience=kubernetes",
+            "--scope=read:pods,ci:push",
+            "--server=https://10.0.0.1:6443",
+            "--server-certificate-authority=/etc/k8s/ca.crt",
+        ]);
+        let Command::Kubeconfig {
+            exchange,
+            server,
+            server_certificate_authority,
+            name,
+            command,
+        } = cli.command
+        else {
+            panic!("not kubeconfig");
+        };
+        let config = kubeconfig(
+            &exchange,
+            &server,
+            &server_certificate_authority,
+            &name,
+            &command,
+        )
+        .unwrap();
+        let exec = &config["users"][0]["user"]["exec"];
+        assert_eq!(exec["command"], "kubectl-pat");
+        assert_eq!(exec["apiVersion"], "client.authentication.k8s.io/v1");
+        let args: Vec<&str> = exec["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            args,
+            [
+                "credential".to_owned(),
+                "--issuer=https://patrol.example".to_owned(),
+                format!("--certificate-authority={}", cwd.join("ca.pem").display()),
+                format!("--token-file={}", cwd.join("pat.txt").display()),
+                "--audience=kubernetes".to_owned(),
+                "--scope=read:pods,ci:push".to_owned(),
+            ]
+        );
+        assert_eq!(
+            config["clusters"][0]["cluster"]["certificate-authority"],
+            "/etc/k8s/ca.crt"
+        );
+        assert_eq!(config["current-context"], "patrol");
+    }
+
+    #[test]
+    fn the_exec_credential_carries_the_jwt_and_its_expiry() {
+        let jwt = Exchanged {
+            access_token: "eyJ.a.b".into(),
+            expires_at: "2026-12-03T12:00:00Z".parse().unwrap(),
+            scope: None,
+        };
+        let credential = exec_credential(&jwt);
+        assert_eq!(credential["kind"], "ExecCredential");
+        assert_eq!(
+            credential["status"],
+            json!({"token": "eyJ.a.b", "expirationTimestamp": "2026-12-03T12:00:00Z"})
+        );
+    }
+
+    #[test]
+    fn a_pat_comes_from_exactly_one_place() {
+        assert!(Cli::try_parse_from(["kubectl-pat", "credential", "--issuer=https://i"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "kubectl-pat",
+                "credential",
+                "--issuer=https://i",
+                "--token-file=a",
+                "--token-env=B",
+            ])
+            .is_err()
+        );
+    }
+}
