@@ -55,6 +55,10 @@ lint: ## rustfmt and clippy
 bench: ## Token service benchmark: TokenReview, exchange, argon2 flood, revocation, each vs a baseline
 	@hack/ensure-tools.sh && PATROL_CLUSTER_NODE=0 hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench token_service
 
+.PHONY: bench-cli
+bench-cli: ## kubectl-pat benchmark: kubectl with the exec plugin (warm, cold) vs a static token
+	@hack/ensure-tools.sh && PATROL_CLUSTER_NODE=0 hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench cli
+
 .PHONY: bench-operator
 bench-operator: ## Operator scale benchmark: 1,000 PATs to Active, peak RSS
 	@hack/ensure-tools.sh && PATROL_CLUSTER_NODE=0 hack/cluster.sh up >/dev/null && cargo bench -p patrol-e2e --bench operator_scale
