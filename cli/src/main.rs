@@ -6,6 +6,8 @@
 //!   apiserver.
 //! - `exchange`: the same trade, printed, for scripts.
 //! - `kubeconfig`: a kubeconfig whose user runs `credential`.
+//! - `list` (`--mine`) and `revoke` (by name, `--token-id`, or `--leaked` from stdin): the
+//!   PersonalAccessToken objects, through the usual kubeconfig.
 
 use std::{
     io::IsTerminal,
@@ -21,6 +23,7 @@ use zeroize::Zeroizing;
 
 mod cache;
 mod exchange;
+mod tokens;
 
 use exchange::{Ask, ExchangeError, Exchanged, Issuer};
 
@@ -66,6 +69,53 @@ enum Command {
         #[arg(long, default_value = "kubectl-pat")]
         command: String,
     },
+    /// List PersonalAccessTokens.
+    List {
+        #[command(flatten)]
+        namespaces: Namespaces,
+        /// Only the tokens you own (the apiserver filters on spec.owner.username).
+        #[arg(long)]
+        mine: bool,
+        /// Output: a table, json or yaml.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json", "yaml"])]
+        output: String,
+    },
+    /// Revoke a PersonalAccessToken for good: by name, by token id, or from a leaked token.
+    Revoke {
+        /// The PersonalAccessToken's name (in -n, or the kubeconfig's namespace).
+        #[arg(required_unless_present_any = ["token_id", "leaked"], conflicts_with_all = ["token_id", "leaked"])]
+        name: Option<String>,
+        /// Revoke the PAT whose current (or grace-period) token has this id (every namespace
+        /// unless -n).
+        #[arg(long, conflicts_with = "leaked")]
+        token_id: Option<String>,
+        /// Read a leaked token from standard input and revoke the PAT it belongs to (every
+        /// namespace unless -n). The token is never printed.
+        #[arg(long)]
+        leaked: bool,
+        #[command(flatten)]
+        namespaces: Namespaces,
+    },
+}
+
+#[derive(Args)]
+struct Namespaces {
+    /// Namespace (default: the kubeconfig's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    all_namespaces: bool,
+}
+
+impl Namespaces {
+    fn scope(&self, all_by_default: bool) -> tokens::Scope {
+        match (&self.namespace, self.all_namespaces || all_by_default) {
+            (Some(ns), _) => tokens::Scope::Namespace(Some(ns.clone())),
+            (None, true) => tokens::Scope::All,
+            (None, false) => tokens::Scope::Namespace(None),
+        }
+    }
 }
 
 /// Where the PAT is, and what to trade it for.
@@ -241,8 +291,84 @@ fn kubeconfig(
     }))
 }
 
+/// Runs `work` with a kube client from the usual kubeconfig resolution.
+fn with_kube<T>(work: impl AsyncFnOnce(kube::Client) -> Result<T>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let client = kube::Client::try_default()
+                .await
+                .context("no usable kubeconfig (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+            work(client).await
+        })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::List {
+            namespaces,
+            mine,
+            output,
+        } => {
+            let scope = namespaces.scope(false);
+            let pats = with_kube(async |client| {
+                let owner = if mine {
+                    Some(tokens::whoami(&client).await?)
+                } else {
+                    None
+                };
+                tokens::list(&client, &scope, owner.as_deref()).await
+            })?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&pats)?),
+                "yaml" => print!("{}", serde_yaml::to_string(&pats)?),
+                _ if pats.is_empty() => eprintln!("No PersonalAccessTokens found."),
+                _ => println!(
+                    "{}",
+                    tokens::table(&pats, matches!(scope, tokens::Scope::All))
+                ),
+            }
+        }
+        Command::Revoke {
+            name,
+            token_id,
+            leaked,
+            namespaces,
+        } => {
+            let id = match (token_id, leaked) {
+                (Some(id), _) => Some(id),
+                (None, true) => Some(tokens::leaked_token_id(std::io::stdin())?),
+                (None, false) => None,
+            };
+            let scope = namespaces.scope(id.is_some());
+            let revoked = with_kube(async |client| {
+                let pats = match (&id, &name) {
+                    (Some(id), _) => tokens::holding(&client, &scope, id).await?,
+                    (None, Some(name)) => vec![tokens::get(&client, &scope, name).await?],
+                    (None, None) => {
+                        bail!("name a PersonalAccessToken, or give --token-id or --leaked")
+                    }
+                };
+                if pats.is_empty() {
+                    bail!(
+                        "no PersonalAccessToken holds token {} here: it may be revoked or expired already, or live in a namespace you cannot list (try -n)",
+                        id.as_deref().unwrap_or_default()
+                    );
+                }
+                for pat in &pats {
+                    tokens::revoke(&client, pat).await?;
+                }
+                Ok(pats)
+            })?;
+            for pat in revoked {
+                println!(
+                    "personalaccesstoken {}/{} revoked",
+                    pat.metadata.namespace.unwrap_or_default(),
+                    pat.metadata.name.unwrap_or_default()
+                );
+            }
+        }
         Command::Credential(exchange) => {
             let jwt = exchange.jwt(true)?;
             println!("{}", exec_credential(&jwt));

@@ -235,3 +235,151 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Runs kubectl-pat with `kubeconfig`, `stdin` on its standard input.
+fn pat_cli(kubeconfig: &Path, args: &[&str], stdin: &str) -> Result<Output> {
+    use std::io::Write;
+    let mut child = Command::new(process::binary("kubectl-pat")?)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+#[tokio::test]
+async fn list_mine_is_filtered_by_the_apiserver_and_a_leaked_token_is_revoked() -> Result<()> {
+    let cluster = patrol_e2e::TestCluster::shared()?;
+    cluster.install_crds().await?;
+    let ns = patrol_e2e::TestNamespace::create(cluster, "cli-list").await?;
+    let alice = format!("cli-alice-{}", std::process::id());
+    let bob = format!("cli-bob-{}", std::process::id());
+    let client = cluster.client().await?;
+    let pats: kube::Api<patrol_api::v1alpha1::PersonalAccessToken> =
+        kube::Api::namespaced(client, &ns.name);
+    let leaked = patrol_api::token::generate()?;
+    for (name, owner) in [("alice-1", &alice), ("alice-2", &alice), ("bob-1", &bob)] {
+        let pat = serde_json::from_value(serde_json::json!({
+            "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
+            "metadata": {"name": name},
+            "spec": {"displayName": name, "owner": {"username": owner}},
+        }))?;
+        pats.create(&kube::api::PostParams::default(), &pat).await?;
+    }
+    // As the operator would after issuing: the current token's id in status.
+    pats.patch_status(
+        "bob-1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            serde_json::json!({"status": {"tokenId": leaked.id().to_string(), "phase": "Active"}}),
+        ),
+    )
+    .await?;
+
+    // Alice, through a kubeconfig of her own (the admin's, impersonating her).
+    cluster.kubectl_ok(&[
+        "create",
+        "role",
+        "pat-reader",
+        "--verb=get,list",
+        "--resource=personalaccesstokens.patrol.dev",
+        "-n",
+        &ns.name,
+    ])?;
+    cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "pat-reader",
+        "--role=pat-reader",
+        "--user",
+        &alice,
+        "-n",
+        &ns.name,
+    ])?;
+    let mut config = kube::config::Kubeconfig::read_from(&cluster.kubeconfig)?;
+    for user in &mut config.auth_infos {
+        if let Some(info) = user.auth_info.as_mut() {
+            info.impersonate = Some(alice.clone());
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("patrol-e2e-cli-list-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let alice_config = dir.join("alice.kubeconfig");
+    std::fs::write(&alice_config, serde_yaml::to_string(&config)?)?;
+
+    let names = |out: &Output| -> Result<Vec<String>> {
+        ensure!(out.status.success(), "kubectl-pat: {}", stderr(out));
+        let items: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+        let mut names: Vec<String> = items
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    let all = pat_cli(&alice_config, &["list", "-n", &ns.name, "-o", "json"], "")?;
+    assert_eq!(names(&all)?, ["alice-1", "alice-2", "bob-1"]);
+    let mine = pat_cli(
+        &alice_config,
+        &["list", "--mine", "-n", &ns.name, "-o", "json"],
+        "",
+    )?;
+    assert_eq!(names(&mine)?, ["alice-1", "alice-2"]);
+    let table = pat_cli(&alice_config, &["list", "--mine", "-n", &ns.name], "")?;
+    let text = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(text.starts_with("NAME"), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    // The filter is the apiserver's: the selectable field answers kubectl too.
+    let selected = cluster.kubectl_ok(&[
+        "get",
+        "pat",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        &format!("spec.owner.username={bob}"),
+        "-o",
+        "name",
+    ])?;
+    assert_eq!(selected.trim(), "personalaccesstoken.patrol.dev/bob-1");
+
+    // The leak runbook: pipe the token in; its PAT is revoked, nothing else.
+    let out = pat_cli(
+        &cluster.kubeconfig,
+        &["revoke", "--leaked"],
+        &format!("{}\n", leaked.expose_secret()),
+    )?;
+    ensure!(out.status.success(), "revoke --leaked: {}", stderr(&out));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert_eq!(
+        said.trim(),
+        format!("personalaccesstoken {}/bob-1 revoked", ns.name)
+    );
+    assert!(!said.contains(leaked.expose_secret()));
+    assert!(pats.get("bob-1").await?.spec.revoked);
+    for name in ["alice-1", "alice-2"] {
+        assert!(!pats.get(name).await?.spec.revoked, "{name} untouched");
+    }
+    // A token no PAT holds: a clear error and exit 1, nothing changed.
+    let stranger = patrol_api::token::generate()?;
+    let out = pat_cli(
+        &cluster.kubeconfig,
+        &["revoke", "--leaked"],
+        stranger.expose_secret(),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no PersonalAccessToken holds token"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(stranger.expose_secret()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -32,6 +32,10 @@ pub const SCOPE_PATTERN: &str = "^[A-Za-z0-9:._/*-]+$";
     category = "patrol",
     namespaced,
     status = "PersonalAccessTokenStatus",
+    // `kubectl get pat --field-selector spec.owner.username=…` (kubectl pat list --mine) and
+    // `status.tokenId=…` (kubectl pat revoke --token-id): filtered by the apiserver.
+    selectable = ".spec.owner.username",
+    selectable = ".status.tokenId",
     printcolumn = r#"{"name":"Display Name","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner.username"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
