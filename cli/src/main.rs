@@ -42,11 +42,11 @@ struct Cli {
 enum Command {
     /// Exec-credential plugin: print a client.authentication.k8s.io ExecCredential holding a
     /// JWT exchanged for the PAT (cached until shortly before it expires).
-    Credential(Exchange),
+    Credential(PatArgs),
     /// Exchange the PAT for a JWT and print it (`-o json`: with its expiry and scopes).
     Exchange {
         #[command(flatten)]
-        exchange: Exchange,
+        exchange: PatArgs,
         /// Output: the bare token, or json.
         #[arg(short, long, default_value = "token", value_parser = ["token", "json"])]
         output: String,
@@ -55,7 +55,7 @@ enum Command {
     /// `KUBECONFIG=~/.kube/config:patrol.yaml kubectl config view --flatten`).
     Kubeconfig {
         #[command(flatten)]
-        exchange: Exchange,
+        exchange: PatArgs,
         /// The apiserver URL.
         #[arg(long)]
         server: String,
@@ -69,6 +69,8 @@ enum Command {
         #[arg(long, default_value = "kubectl-pat")]
         command: String,
     },
+    /// Print a shell completion script (e.g. `source <(kubectl-pat completion bash)`).
+    Completion { shell: clap_complete::Shell },
     /// List PersonalAccessTokens.
     List {
         #[command(flatten)]
@@ -120,7 +122,7 @@ impl Namespaces {
 
 /// Where the PAT is, and what to trade it for.
 #[derive(Args, Clone)]
-struct Exchange {
+struct PatArgs {
     /// Patrol's issuer URL (the `issuer` of its discovery document).
     #[arg(long, env = "PATROL_ISSUER")]
     issuer: String,
@@ -151,7 +153,7 @@ struct Exchange {
     no_cache: bool,
 }
 
-impl Exchange {
+impl PatArgs {
     fn pat(&self) -> Result<Zeroizing<String>> {
         let text = match (&self.token_file, &self.token_env) {
             (Some(file), _) => {
@@ -245,7 +247,7 @@ fn exec_credential(jwt: &Exchanged) -> serde_json::Value {
 }
 
 fn kubeconfig(
-    exchange: &Exchange,
+    exchange: &PatArgs,
     server: &str,
     server_ca: &Path,
     name: &str,
@@ -306,6 +308,15 @@ fn with_kube<T>(work: impl AsyncFnOnce(kube::Client) -> Result<T>) -> Result<T> 
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kubectl-pat",
+                &mut std::io::stdout(),
+            );
+        }
         Command::List {
             namespaces,
             mine,
@@ -498,6 +509,36 @@ mod tests {
             credential["status"],
             json!({"token": "eyJ.a.b", "expirationTimestamp": "2026-12-03T12:00:00Z"})
         );
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_cover_every_command() {
+        use clap::CommandFactory;
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "kubectl-pat",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        for command in [
+            "credential",
+            "exchange",
+            "kubeconfig",
+            "list",
+            "revoke",
+            "--leaked",
+            "--mine",
+        ] {
+            assert!(script.contains(command), "{command}");
+        }
     }
 
     #[test]

@@ -167,6 +167,34 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
         "served from the cache"
     );
 
+    // `kubectl pat exchange` for scripts: one JWT, not cached.
+    let printed = Command::new(&plugin)
+        .args([
+            "exchange",
+            "-o",
+            "json",
+            "--issuer",
+            &service.issuer,
+            "--certificate-authority",
+            &ca,
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()?;
+    ensure!(
+        printed.status.success(),
+        "kubectl-pat exchange: {}",
+        stderr(&printed)
+    );
+    let answer: Value = serde_json::from_slice(&printed.stdout)?;
+    let scripted = answer["accessToken"].as_str().context("accessToken")?;
+    assert_eq!(
+        jwt_claims(scripted)?["aud"],
+        KUBE_AUDIENCE,
+        "the PAT's default audience"
+    );
+    let exchanges = exchanges + 1.0;
+
     // Near expiry the plugin exchanges again, transparently.
     tokio::time::sleep(Duration::from_secs(16)).await;
     let out = kubectl(&service, &kubeconfig, &["get", "pods", "-n", &ns])?;
