@@ -17,17 +17,16 @@
 #![allow(clippy::expect_used)]
 
 use std::{
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Result, ensure};
-use patrol_api::v1alpha1::TokenOwner;
 use patrol_e2e::{
+    cli::PluginUser,
     process,
-    token_service::{KUBE_AUDIENCE, TokenService, stderr},
+    token_service::{TokenService, stderr},
 };
 
 fn calls() -> usize {
@@ -74,65 +73,28 @@ fn static_kubeconfig(path: &Path, server: &str, ca: &str, token: &str) -> Result
 async fn main() -> Result<()> {
     let mut service = TokenService::start("bench-cli", &[]).await?;
     let cluster = service.cluster;
-    let user = format!("bench-cli-{}", std::process::id());
     let binding = format!("bench-cli-view-{}", std::process::id());
-    cluster.kubectl_ok(&[
+    let bind = [
         "create",
         "clusterrolebinding",
         &binding,
         "--clusterrole=view",
-        "--user",
-        &user,
-    ])?;
-    let owner = TokenOwner {
-        username: user.clone(),
-        uid: None,
-        groups: vec![],
-    };
-    let pat = service.issue("bench", owner, &[], None).await?;
-    service.wait_indexed(pat).await?;
-
-    let dir = std::env::temp_dir().join(format!("patrol-bench-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let token_file = dir.join("pat");
-    std::fs::write(&token_file, service.token(pat))?;
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
-    let cache = dir.join("cache");
+    ];
+    let user = PluginUser::create(
+        &mut service,
+        "bench-cli",
+        process::release_binary("kubectl-pat")?,
+        &bind,
+    )
+    .await?;
+    let (pat, cache, exec_config) = (user.pat, user.cache.clone(), user.kubeconfig.clone());
+    let dir = user.dir.clone();
     let ca = cluster.var("PATROL_CA")?.to_owned();
     let server = format!(
         "https://127.0.0.1:{}",
         cluster.var("PATROL_APISERVER_PORT")?
     );
-    let plugin = process::release_binary("kubectl-pat")?;
     let kubectl = PathBuf::from(cluster.var("PATROL_BIN")?).join("kubectl");
-
-    let printed = Command::new(&plugin)
-        .args([
-            "kubeconfig",
-            "--issuer",
-            &service.issuer,
-            "--certificate-authority",
-            &ca,
-        ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args([
-            "--audience",
-            KUBE_AUDIENCE,
-            "--server",
-            &server,
-            "--server-certificate-authority",
-            &ca,
-        ])
-        .arg("--command")
-        .arg(&plugin)
-        .output()?;
-    ensure!(printed.status.success(), "{}", stderr(&printed));
-    let exec_config = dir.join("exec.kubeconfig");
-    std::fs::write(&exec_config, &printed.stdout)?;
 
     let get_ns = |config: &Path| {
         let mut cmd = Command::new(&kubectl);
@@ -170,6 +132,8 @@ async fn main() -> Result<()> {
     let pat_config = dir.join("pat.kubeconfig");
     static_kubeconfig(&pat_config, &server, &ca, service.token(pat))?;
 
+    let mut credential = vec!["credential".to_owned()];
+    credential.extend(user.source_args(&service)?);
     let n = calls();
     let (mut exec, mut static_jwt, mut static_pat, mut plugin_alone) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -183,21 +147,7 @@ async fn main() -> Result<()> {
         exec.push(timed(&mut get_ns(&exec_config))?);
         static_jwt.push(timed(&mut get_ns(&jwt_config))?);
         static_pat.push(timed(&mut get_ns(&pat_config))?);
-        plugin_alone.push(timed(
-            Command::new(&plugin)
-                .args([
-                    "credential",
-                    "--issuer",
-                    &service.issuer,
-                    "--certificate-authority",
-                    &ca,
-                ])
-                .arg("--token-file")
-                .arg(&token_file)
-                .arg("--cache-dir")
-                .arg(&cache)
-                .args(["--audience", KUBE_AUDIENCE]),
-        )?);
+        plugin_alone.push(timed(Command::new(&user.plugin).args(&credential))?);
     }
 
     let added = median(exec.clone()).saturating_sub(median(static_jwt.clone()));
@@ -228,6 +178,6 @@ async fn main() -> Result<()> {
     );
 
     cluster.kubectl_ok(&["delete", "clusterrolebinding", &binding])?;
-    let _ = std::fs::remove_dir_all(&dir);
+    user.remove_files();
     Ok(())
 }

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     sync::{
         OnceLock,
         atomic::{AtomicU32, Ordering},
@@ -21,6 +21,7 @@ use std::{
 };
 
 pub mod chart;
+pub mod cli;
 pub mod load;
 pub mod node;
 pub mod operator;
@@ -215,20 +216,7 @@ impl TestCluster {
 
     /// Runs kubectl as admin with `stdin` as its input.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<Output> {
-        use std::io::Write;
-        let mut child = self
-            .kubectl()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(stdin.as_bytes())?;
-        Ok(child.wait_with_output()?)
+        process::output_with_stdin(self.kubectl().args(args), stdin)
     }
 
     /// Installs the generated CRDs (server-side apply) and waits until they are Established.

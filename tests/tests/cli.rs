@@ -3,15 +3,14 @@
 //! real apiserver (its JWT authenticator trusting Patrol's issuer) and patrol-webhook.
 
 use std::{
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
-use patrol_api::v1alpha1::TokenOwner;
 use patrol_e2e::{
+    cli::{PluginUser, mode},
     eventually, process,
     token_service::{KUBE_AUDIENCE, TokenService, jwt_claims, stderr},
 };
@@ -24,12 +23,7 @@ const AUTHENTICATIONS: &str = "patrol_webhook_http_requests_total{route=\"/authe
 const JWT_TTL: &str = "45s";
 
 fn kubectl(service: &TokenService, kubeconfig: &Path, args: &[&str]) -> Result<Output> {
-    let bin = Path::new(service.cluster.var("PATROL_BIN")?).join("kubectl");
-    Ok(Command::new(bin)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()?)
+    service.cluster.kubectl_with(kubeconfig, args)
 }
 
 /// The one cached JWT (the cache directory holds exactly one entry).
@@ -48,68 +42,22 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     let mut service =
         TokenService::start("cli", &[&format!("--max-exchanged-token-ttl={JWT_TTL}")]).await?;
     let ns = service.pats.name.clone();
-    let user = format!("cli-{}", std::process::id());
-    service.cluster.kubectl_ok(&[
+    let bind = [
         "create",
         "rolebinding",
         "cli-view",
         "--clusterrole=view",
-        "--user",
-        &user,
         "-n",
         &ns,
-    ])?;
-    let owner = TokenOwner {
-        username: user.clone(),
-        uid: None,
-        groups: vec![],
-    };
-    let pat = service.issue("laptop", owner, &[], None).await?;
-    service.wait_indexed(pat).await?;
-
-    let dir = std::env::temp_dir().join(format!("patrol-e2e-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let token_file = dir.join("pat");
-    std::fs::write(&token_file, format!("{}\n", service.token(pat)))?;
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
-    let cache_dir = dir.join("cache");
-
-    // The kubeconfig, written by the CLI itself.
-    let plugin = process::binary("kubectl-pat")?;
-    let ca = service.cluster.var("PATROL_CA")?.to_owned();
-    let printed = Command::new(&plugin)
-        .args([
-            "kubeconfig",
-            "--issuer",
-            &service.issuer,
-            "--certificate-authority",
-            &ca,
-        ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--cache-dir")
-        .arg(&cache_dir)
-        .args([
-            "--audience",
-            KUBE_AUDIENCE,
-            "--server-certificate-authority",
-            &ca,
-        ])
-        .arg(format!(
-            "--server=https://127.0.0.1:{}",
-            service.cluster.var("PATROL_APISERVER_PORT")?
-        ))
-        .arg("--command")
-        .arg(&plugin)
-        .output()?;
-    ensure!(
-        printed.status.success(),
-        "kubectl-pat kubeconfig: {}",
-        stderr(&printed)
+    ];
+    let alice =
+        PluginUser::create(&mut service, "cli", process::binary("kubectl-pat")?, &bind).await?;
+    let (user, pat, kubeconfig, cache_dir) = (
+        alice.username.clone(),
+        alice.pat,
+        alice.kubeconfig.clone(),
+        alice.cache.clone(),
     );
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, &printed.stdout)?;
 
     // kubectl works as the owner, on a JWT (the apiserver's JWT authenticator, not a
     // TokenReview of the PAT at Patrol).
@@ -139,7 +87,6 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
 
     // The cache: one 0600 entry in a 0700 directory, holding the JWT and not the PAT.
     let (entry_path, entry) = cached(&cache_dir)?;
-    let mode = |p: &Path| -> Result<u32> { Ok(std::fs::metadata(p)?.permissions().mode() & 0o777) };
     assert_eq!(mode(&entry_path)?, 0o600);
     assert_eq!(mode(entry_path.parent().context("dir")?)?, 0o700);
     let text = std::fs::read_to_string(&entry_path)?;
@@ -168,19 +115,9 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     );
 
     // `kubectl pat exchange` for scripts: one JWT, not cached.
-    let printed = Command::new(&plugin)
-        .args([
-            "exchange",
-            "-o",
-            "json",
-            "--issuer",
-            &service.issuer,
-            "--certificate-authority",
-            &ca,
-        ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .output()?;
+    let mut args = vec!["exchange".to_owned(), "-o".to_owned(), "json".to_owned()];
+    args.extend(alice.source_args(&service)?);
+    let printed = alice.run(&args)?;
     ensure!(
         printed.status.success(),
         "kubectl-pat exchange: {}",
@@ -240,18 +177,9 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     );
 
     // The exec plugin alone, as a script would run it: exit code and message.
-    let direct = Command::new(&plugin)
-        .args([
-            "credential",
-            "--issuer",
-            &service.issuer,
-            "--certificate-authority",
-            &ca,
-        ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .args(["--no-cache"])
-        .output()?;
+    let mut args = vec!["credential".to_owned(), "--no-cache".to_owned()];
+    args.extend(alice.source_args(&service)?);
+    let direct = alice.run(&args)?;
     assert_eq!(direct.status.code(), Some(1));
     assert!(
         stderr(&direct).contains("revoked, expired"),
@@ -260,26 +188,18 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     );
 
     service.assert_logs_clean(&[])?;
-    let _ = std::fs::remove_dir_all(&dir);
+    alice.remove_files();
     Ok(())
 }
 
 /// Runs kubectl-pat with `kubeconfig`, `stdin` on its standard input.
 fn pat_cli(kubeconfig: &Path, args: &[&str], stdin: &str) -> Result<Output> {
-    use std::io::Write;
-    let mut child = Command::new(process::binary("kubectl-pat")?)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(stdin.as_bytes())?;
-    Ok(child.wait_with_output()?)
+    process::output_with_stdin(
+        Command::new(process::binary("kubectl-pat")?)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig),
+        stdin,
+    )
 }
 
 #[tokio::test]
