@@ -366,6 +366,18 @@ fn vouched(
     )
 }
 
+/// Alice creates `object`; the mutating webhook's response.
+async fn mutate_create(w: &World, object: &Value) -> Value {
+    let r = request(
+        "CREATE",
+        "PersonalAccessToken",
+        &alice(),
+        Some(object),
+        None,
+    );
+    response_body(w.admission.mutate(&r).await)["response"].clone()
+}
+
 #[tokio::test]
 async fn a_vetted_owner_is_attested_for_the_operator() {
     let (w, _) = attesting_world();
@@ -374,14 +386,7 @@ async fn a_vetted_owner_is_attested_for_the_operator() {
     // Stamped from the requester: vetted by construction, existing annotations kept.
     let mut object = pat(json!({"displayName": "laptop", "scopes": ["read:pods"]}));
     object["metadata"]["annotations"] = json!({"team": "a"});
-    let r = request(
-        "CREATE",
-        "PersonalAccessToken",
-        &alice(),
-        Some(&object),
-        None,
-    );
-    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    let response = mutate_create(&w, &object).await;
     assert_allowed(&response);
     let patched = apply_patch(&object, &response);
     assert_eq!(patched["metadata"]["annotations"]["team"], "a");
@@ -395,14 +400,7 @@ async fn a_vetted_owner_is_attested_for_the_operator() {
     );
     object["metadata"]["annotations"] =
         json!({(patrol_api::attestation::ANNOTATION): "v1.1.forged"});
-    let r = request(
-        "CREATE",
-        "PersonalAccessToken",
-        &alice(),
-        Some(&object),
-        None,
-    );
-    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    let response = mutate_create(&w, &object).await;
     assert_allowed(&response);
     let patched = apply_patch(&object, &response);
     assert_eq!(patched["metadata"]["annotations"], json!({}), "{patched}");
@@ -414,21 +412,14 @@ async fn a_vetted_owner_is_attested_for_the_operator() {
     // ... and once they may, it is attested.
     w.allow(Impersonated::User("root".into()));
     w.allow(Impersonated::Group("system:masters".into()));
-    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    let response = mutate_create(&w, &object).await;
     let patched = apply_patch(&object, &response);
     assert_eq!(vouched(&patched, "laptop", now), Ok(()));
 
     // generateName: bound to the prefix, checked against the name the apiserver picks.
     let mut object = pat(json!({"displayName": "ci"}));
     object["metadata"] = json!({"generateName": "ci-", "namespace": "team-a"});
-    let r = request(
-        "CREATE",
-        "PersonalAccessToken",
-        &alice(),
-        Some(&object),
-        None,
-    );
-    let response = response_body(w.admission.mutate(&r).await)["response"].clone();
+    let response = mutate_create(&w, &object).await;
     let mut patched = apply_patch(&object, &response);
     let value = patched["metadata"]["annotations"][patrol_api::attestation::ANNOTATION]
         .as_str()
