@@ -121,11 +121,7 @@ async fn main() -> Result<()> {
     }
 
     // The JWT the warm cache holds is the static-JWT baseline.
-    let entry = std::fs::read_dir(cache.join("credentials"))?
-        .next()
-        .expect("a cache entry")?
-        .path();
-    let jwt: serde_json::Value = serde_json::from_slice(&std::fs::read(entry)?)?;
+    let (_, jwt) = user.cached()?;
     let jwt = jwt["accessToken"].as_str().expect("accessToken").to_owned();
     let jwt_config = dir.join("jwt.kubeconfig");
     static_kubeconfig(&jwt_config, &server, &ca, &jwt)?;

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Result, ensure};
 use patrol_api::v1alpha1::TokenOwner;
+use serde_json::Value;
 
 use crate::token_service::{KUBE_AUDIENCE, TokenService, stderr};
 
@@ -108,6 +109,17 @@ impl PluginUser {
     /// The plugin's cache directory of JWTs.
     pub fn credentials(&self) -> PathBuf {
         self.cache.join("credentials")
+    }
+
+    /// The one cached entry (the cache must hold exactly one): its path and its JSON.
+    pub fn cached(&self) -> Result<(PathBuf, Value)> {
+        let entries: Vec<PathBuf> = std::fs::read_dir(self.credentials())?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        ensure!(entries.len() == 1, "cache entries: {entries:?}");
+        let path = entries[0].clone();
+        let entry: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        Ok((path, entry))
     }
 
     pub fn remove_files(&self) {

@@ -3,7 +3,7 @@
 //! real apiserver (its JWT authenticator trusting Patrol's issuer) and patrol-webhook.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     time::{Duration, Instant},
 };
@@ -26,17 +26,6 @@ fn kubectl(service: &TokenService, kubeconfig: &Path, args: &[&str]) -> Result<O
     service.cluster.kubectl_with(kubeconfig, args)
 }
 
-/// The one cached JWT (the cache directory holds exactly one entry).
-fn cached(dir: &Path) -> Result<(PathBuf, Value)> {
-    let entries: Vec<PathBuf> = std::fs::read_dir(dir.join("credentials"))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
-    ensure!(entries.len() == 1, "cache entries: {entries:?}");
-    let path = entries[0].clone();
-    let entry: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    Ok((path, entry))
-}
-
 #[tokio::test]
 async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()> {
     let mut service =
@@ -52,12 +41,7 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     ];
     let alice =
         PluginUser::create(&mut service, "cli", process::binary("kubectl-pat")?, &bind).await?;
-    let (user, pat, kubeconfig, cache_dir) = (
-        alice.username.clone(),
-        alice.pat,
-        alice.kubeconfig.clone(),
-        alice.cache.clone(),
-    );
+    let (user, pat, kubeconfig) = (alice.username.clone(), alice.pat, alice.kubeconfig.clone());
 
     // kubectl works as the owner, on a JWT (the apiserver's JWT authenticator, not a
     // TokenReview of the PAT at Patrol).
@@ -86,7 +70,7 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     );
 
     // The cache: one 0600 entry in a 0700 directory, holding the JWT and not the PAT.
-    let (entry_path, entry) = cached(&cache_dir)?;
+    let (entry_path, entry) = alice.cached()?;
     assert_eq!(mode(&entry_path)?, 0o600);
     assert_eq!(mode(entry_path.parent().context("dir")?)?, 0o700);
     let text = std::fs::read_to_string(&entry_path)?;
@@ -140,7 +124,7 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
         "kubectl after refresh: {}",
         stderr(&out)
     );
-    let (_, entry) = cached(&cache_dir)?;
+    let (_, entry) = alice.cached()?;
     assert_ne!(
         entry["accessToken"].as_str(),
         Some(first_jwt.as_str()),
@@ -171,7 +155,7 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     );
     println!("after revocation: {failure}");
     ensure!(
-        !std::fs::read_dir(cache_dir.join("credentials"))?
+        !std::fs::read_dir(alice.credentials())?
             .any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))),
         "the refused entry is forgotten"
     );

@@ -348,8 +348,9 @@ impl Admission {
             }
         }
         let namespace = request.namespace.as_deref().filter(|n| !n.is_empty())?;
+        let now = Utc::now();
         if !self
-            .parent_problems(user, namespace, &pat.spec, Utc::now())
+            .parent_problems(user, namespace, &pat.spec, now)
             .is_empty()
         {
             return None;
@@ -369,7 +370,7 @@ impl Admission {
             owner: pat.spec.owner.as_ref()?,
             scopes: &pat.spec.scopes,
         };
-        Some(patrol_api::attestation::attest(key, &vetted, Utc::now()))
+        Some(patrol_api::attestation::attest(key, &vetted, now))
     }
 
     /// What is wrong with a token created or changed with a Patrol token (nothing when the
