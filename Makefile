@@ -46,6 +46,10 @@ build: ## Build patrol-operator and patrol-webhook
 cli: ## Build kubectl-pat, Patrol's kubectl plugin (target/release/kubectl-pat; put it on PATH)
 	cargo build --release --locked -p patrol-cli
 
+.PHONY: krew
+krew: ## kubectl-pat as a krew plugin: target/krew/pat.yaml and this platform's archive
+	@hack/krew.sh
+
 .PHONY: lint
 lint: ## rustfmt and clippy
 	cargo fmt --all --check

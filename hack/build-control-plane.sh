@@ -5,6 +5,7 @@
 #   kube-scheduler, kubelet, kube-proxy               from k8s.io/kubernetes
 #   etcd                                              from go.etcd.io/etcd/server/v3
 #   helm                                              from helm.sh/helm/v3
+#   krew (installs kubectl-pat from its manifest)     from sigs.k8s.io/krew
 #   coredns (the local node's cluster DNS)            from github.com/coredns/coredns
 #
 # k8s.io/kubernetes points its staging modules (k8s.io/api, k8s.io/client-go, ...) at
@@ -92,6 +93,11 @@ build_etcd() {
   build_module etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 etcd
 }
 
+# krew, to install kubectl-pat from its plugin manifest the way users do (hack/krew.sh).
+build_krew() {
+  build_module krew "$KREW_VERSION" sigs.k8s.io/krew sigs.k8s.io/krew/cmd/krew krew
+}
+
 build_helm() {
   build_module helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm helm \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
@@ -140,16 +146,18 @@ link_bin() {
   done
   ln -sf "$cache/bin/etcd-$ETCD_VERSION/etcd" "$dir/etcd"
   ln -sf "$cache/bin/helm-$HELM_VERSION/helm" "$dir/helm"
+  ln -sf "$cache/bin/krew-$KREW_VERSION/krew" "$dir/krew"
   [[ -x $cache/bin/coredns-$COREDNS_VERSION/coredns ]] && ln -sf "$cache/bin/coredns-$COREDNS_VERSION/coredns" "$dir/coredns"
   echo "$dir"
 }
 
 case "${1:-all}" in
-  all) build_etcd; build_helm; build_kubernetes; build_coredns; link_bin ;;
+  all) build_etcd; build_helm; build_krew; build_kubernetes; build_coredns; link_bin ;;
   kubernetes) build_kubernetes ;;
   coredns) build_coredns ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
+  krew) build_krew ;;
   path) link_bin ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|coredns|path]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|krew|coredns|path]" >&2; exit 2 ;;
 esac

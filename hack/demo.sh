@@ -2,9 +2,11 @@
 # The demo: a token's whole life on a local cluster, narrated.
 #
 #   local cluster with a node -> Patrol's images built and imported -> the Helm chart
-#   (operator and token service as pods) -> a policy -> a PAT created as "alice" ->
-#   revealed once -> used with kubectl -> exchanged for a JWT -> a workload Job exchanging
-#   as its ServiceAccount -> introspected -> revoked -> refused everywhere.
+#   (operator and token service as pods) -> a policy -> a PAT created as "alice" with
+#   `kubectl pat create` (issued, revealed once, acknowledged) -> used with kubectl ->
+#   exchanged for a JWT, by hand and by the exec-credential plugin -> a workload Job
+#   exchanging as its ServiceAccount -> introspected -> revoked from the leaked token ->
+#   refused everywhere.
 #
 # The kube-apiserver reaches the token service through the chart's Service (fixed
 # ClusterIP 10.0.0.12, see hack/cluster.sh), for admission, TokenReview and the JWT
@@ -75,6 +77,7 @@ trap cleanup EXIT
 k() { "$PATROL_BIN/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 kubectl() { k "$@"; } # so the narrated commands read as people type them
 helm() { "$PATROL_BIN/helm" --kubeconfig "$kubeconfig" "$@"; }
+pat() { target/release/kubectl-pat --kubeconfig "$kubeconfig" "$@"; } # kubectl pat, from `make cli`
 run kubectl get nodes -o wide
 # A previous run's namespace may still be going away.
 if [[ $(k get namespace patrol-demo -o jsonpath='{.status.phase}' 2>/dev/null) == Terminating ]]; then
@@ -84,6 +87,7 @@ fi
 
 say "Building Patrol's images (no Docker daemon: release binaries + umoci) and loading them into the node"
 images=$(hack/images.sh patrol 2>"$work/images.log") || { cat "$work/images.log" >&2; exit 1; }
+cargo build --release --locked -q -p patrol-cli   # kubectl-pat, for Alice
 for archive in $images; do note "$(basename "$archive"): $(du -h "$archive" | cut -f1)"; done
 # shellcheck disable=SC2086
 hack/images.sh import $images 2>/dev/null
@@ -149,30 +153,17 @@ run kubectl --as alice --as-group developers create -f "$work/too-long.yaml" && 
   echo "the policy should have refused this token" >&2; exit 1
 } || true
 
-say "Alice creates a token within the policy (the webhook records her as its owner)"
-cat >"$work/laptop.yaml" <<'YAML'
-apiVersion: patrol.dev/v1alpha1
-kind: PersonalAccessToken
-metadata: {name: laptop, namespace: patrol-demo}
-spec:
-  displayName: Alice's laptop kubectl
-  scopes: ["read:pods"]
-  expiration: {ttl: 7d}
-  secret: {retention: OneTime, revealWindow: 15m}
-  exchange: {audiences: [kubernetes-patrol]}
-YAML
-sed 's/^/  /' "$work/laptop.yaml"
-run kubectl --as alice --as-group developers apply -f "$work/laptop.yaml"
-k wait -n patrol-demo pat/laptop --for jsonpath='{.status.phase}'=Active --timeout 60s >/dev/null
+say "Alice creates a token within the policy with kubectl pat (Patrol's kubectl plugin)"
+note "It creates the PersonalAccessToken (the webhook records her as its owner), waits until the"
+note "operator has issued the token, reads it once from its Secret, and acknowledges it, so the"
+note "one-time Secret goes at once. The token goes to stdout because stdout is not a terminal here."
+printf '%s$ PAT=$(kubectl pat --as alice create laptop --display-name "Alice'"'"'s laptop kubectl" --scope read:pods --ttl 7d --audience kubernetes-patrol)%s\n' "$bold" "$reset"
+PAT=$(pat --as alice --as-group developers create laptop -n patrol-demo --display-name "Alice's laptop kubectl" \
+  --scope read:pods --ttl 7d --audience kubernetes-patrol 2>"$work/create.err") || { cat "$work/create.err" >&2; exit 1; }
+sed 's/^/  /' "$work/create.err"
+note "PAT=$(mask "$PAT")   (scanner regex: \\bpatrol_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}\\b)"
 run kubectl get pat -n patrol-demo
 run kubectl get pat laptop -n patrol-demo -o jsonpath='{.spec.owner}{"\n"}'
-
-say "She reads it once from its Secret (deleted after 15 minutes, or when she acknowledges it)"
-PAT=$(k --as alice get secret laptop-token -n patrol-demo -o jsonpath='{.data.token}' | base64 -d)
-note "\$ PAT=\$(kubectl get secret laptop-token -o jsonpath='{.data.token}' | base64 -d)"
-note "PAT=$(mask "$PAT")   (scanner regex: \\bpatrol_[0-9A-Za-z]{12}_[0-9A-Za-z]{38}\\b)"
-token_id=$(k get pat laptop -n patrol-demo -o jsonpath='{.status.tokenId}')
-run kubectl --as alice annotate pat laptop -n patrol-demo "patrol.dev/acknowledged=$token_id"
 for _ in $(seq 1 50); do k get secret laptop-token -n patrol-demo >/dev/null 2>&1 || break; sleep 0.2; done
 run kubectl get secret laptop-token -n patrol-demo || note "gone: the plaintext now exists only where Alice put it"
 
@@ -212,6 +203,23 @@ note "...and so does the kube-apiserver (structured authentication configuration
 printf '%s$ kubectl --token="$JWT" auth whoami%s\n' "$bold" "$reset"
 for _ in $(seq 1 40); do kt --token="$JWT" auth whoami >/dev/null 2>&1 && break; sleep 0.5; done
 kt --token="$JWT" auth whoami 2>&1 | sed 's/^/  /'
+
+say "Or let kubectl exchange by itself: kubectl pat as an exec-credential plugin"
+note "kubectl pat kubeconfig writes a kubeconfig whose user runs 'kubectl pat credential': kubectl"
+note "then sends only short-lived JWTs (cached 0600, refreshed before they expire), never the PAT."
+(umask 077 && printf '%s\n' "$PAT" >"$work/laptop.pat")
+printf '%s$ kubectl pat kubeconfig --token-file laptop.pat --issuer %s --audience kubernetes-patrol ... > patrol.kubeconfig%s\n' \
+  "$bold" "$PATROL_URL" "$reset"
+target/release/kubectl-pat kubeconfig --token-file "$work/laptop.pat" --issuer "$PATROL_URL" \
+  --certificate-authority "$PATROL_CA" --audience kubernetes-patrol --cache-dir "$work/plugin-cache" \
+  --server "https://127.0.0.1:$PATROL_APISERVER_PORT" --server-certificate-authority "$CLUSTER_CA" \
+  --command "$PWD/target/release/kubectl-pat" >"$work/plugin.kubeconfig"
+kp() { "$PATROL_BIN/kubectl" --kubeconfig "$work/plugin.kubeconfig" "$@"; }
+printf '%s$ KUBECONFIG=patrol.kubeconfig kubectl pat whoami%s\n' "$bold" "$reset"
+for _ in $(seq 1 20); do kp auth whoami >/dev/null 2>&1 && break; sleep 0.5; done
+target/release/kubectl-pat --kubeconfig "$work/plugin.kubeconfig" whoami 2>&1 | sed 's/^/  /'
+printf '%s$ KUBECONFIG=patrol.kubeconfig kubectl get pods -n patrol-demo%s\n' "$bold" "$reset"
+kp get pods -n patrol-demo 2>&1 | sed 's/^/  /'
 
 say "A workload exchanges a PAT as itself: examples/workload-exchange.yaml, as a real Job"
 note "A ServiceAccount, a PAT that only it may exchange, and a Job whose pod trades the PAT"
@@ -274,8 +282,9 @@ introspect() { CALLER_TOKEN=$CALLER TOKEN=$1 examples/clients/introspect.sh; }
 printf '%s$ CALLER_TOKEN=$(kubectl create token demo-api) TOKEN="$PAT" examples/clients/introspect.sh%s\n' "$bold" "$reset"
 introspect "$PAT" | python3 -m json.tool | sed 's/^/  /'
 
-say "Alice revokes the token"
-run kubectl --as alice patch pat laptop -n patrol-demo --type merge -p '{"spec":{"revoked":true}}'
+say "Alice finds her token pasted in a chat, and revokes it without looking up which PAT it is"
+printf '%s$ kubectl pat --as alice revoke --leaked -n patrol-demo <<<"$PAT"   # stdin: never in argv or history%s\n' "$bold" "$reset"
+pat --as alice --as-group developers revoke --leaked -n patrol-demo <<<"$PAT" 2>&1 | sed 's/^/  /'
 k wait -n patrol-demo pat/laptop --for jsonpath='{.status.phase}'=Revoked --timeout 30s >/dev/null
 run kubectl get pat -n patrol-demo
 revoked_at=$SECONDS

@@ -5,8 +5,7 @@
 
 use std::{
     fs,
-    io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -80,23 +79,13 @@ pub fn write(path: &Path, jwt: &Exchanged) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating cache directory {}", dir.display()))?;
+    // The cache directory is Patrol's own: narrow it even if something widened it.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     let entry = Entry {
         access_token: jwt.access_token.clone(),
         expires_at: jwt.expires_at,
     };
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(&serde_json::to_vec(&entry)?)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    crate::private::write(path, &serde_json::to_vec(&entry)?)
 }
 
 /// Forgets the cached JWT (after Patrol refused the PAT behind it).

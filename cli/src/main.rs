@@ -6,8 +6,9 @@
 //!   apiserver.
 //! - `exchange`: the same trade, printed, for scripts.
 //! - `kubeconfig`: a kubeconfig whose user runs `credential`.
-//! - `list` (`--mine`) and `revoke` (by name, `--token-id`, or `--leaked` from stdin): the
-//!   PersonalAccessToken objects, through the usual kubeconfig.
+//! - `create` and `rotate` (wait until issued, reveal once, acknowledge), `describe`,
+//!   `list` (`--mine`), `revoke` (by name, `--token-id`, or `--leaked` from stdin) and
+//!   `whoami`: the PersonalAccessToken objects, through the usual kubeconfig.
 
 use std::{
     io::IsTerminal,
@@ -22,7 +23,11 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 mod cache;
+mod cluster;
+mod describe;
 mod exchange;
+mod private;
+mod reveal;
 mod tokens;
 
 use exchange::{Ask, ExchangeError, Exchanged, Issuer};
@@ -36,6 +41,8 @@ use exchange::{Ask, ExchangeError, Exchanged, Issuer};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    kube: cluster::KubeArgs,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +78,63 @@ enum Command {
     },
     /// Print a shell completion script (e.g. `source <(kubectl-pat completion bash)`).
     Completion { shell: clap_complete::Shell },
+    /// Create a PersonalAccessToken, wait until it is issued, reveal its token once and
+    /// acknowledge it (its one-time Secret is removed). The token goes to standard output
+    /// when that is not a terminal, else to a 0600 file.
+    Create {
+        /// The PersonalAccessToken's name.
+        name: String,
+        /// What the token is for, as people will read it (default: its name).
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Scopes that narrow what the token may do (repeat or comma-separate; default: all
+        /// of your rights).
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 30d or 12h (default: the policy's).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Audiences its exchanged JWTs may carry (repeat or comma-separate; default: those
+        /// the policy allows).
+        #[arg(long = "audience", value_delimiter = ',')]
+        audiences: Vec<String>,
+        /// Owner, when not you (admission checks that you may impersonate them).
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        namespaces: OneNamespace,
+        #[command(flatten)]
+        reveal: RevealArgs,
+    },
+    /// Give a PersonalAccessToken a new token now, wait for it, and reveal it once like
+    /// `create`. The old token stops working at once, or after --grace.
+    Rotate {
+        /// The PersonalAccessToken's name.
+        name: String,
+        /// How long the old token keeps working, e.g. 1h (sets spec.rotation.gracePeriod).
+        #[arg(long)]
+        grace: Option<String>,
+        #[command(flatten)]
+        namespaces: OneNamespace,
+        #[command(flatten)]
+        reveal: RevealArgs,
+    },
+    /// Show a PersonalAccessToken: phase, token, expiry, last use, conditions and events.
+    Describe {
+        /// The PersonalAccessToken's name.
+        name: String,
+        #[command(flatten)]
+        namespaces: OneNamespace,
+        /// Output: text, json or yaml.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json", "yaml"])]
+        output: String,
+    },
+    /// Who the apiserver says you are, and the Patrol token (scopes, expiry) that says so.
+    Whoami {
+        /// Output: text, or the SelfSubjectReview's user as json.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// List PersonalAccessTokens.
     List {
         #[command(flatten)]
@@ -118,6 +182,78 @@ impl Namespaces {
             (None, false) => tokens::Scope::Namespace(None),
         }
     }
+}
+
+#[derive(Args)]
+struct OneNamespace {
+    /// Namespace (default: the kubeconfig's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+impl OneNamespace {
+    fn scope(&self) -> tokens::Scope {
+        tokens::Scope::Namespace(self.namespace.clone())
+    }
+}
+
+/// Where a revealed token goes.
+#[derive(Args)]
+struct RevealArgs {
+    /// Write the token to this file (created 0600; replaced if it exists).
+    #[arg(long, value_name = "PATH", conflicts_with = "print")]
+    token_file: Option<PathBuf>,
+    /// Print the token on standard output even when it is a terminal.
+    #[arg(long)]
+    print: bool,
+    /// How long to wait for the operator to issue the token.
+    #[arg(long, default_value = "60s")]
+    timeout: String,
+}
+
+/// Waits for the token of `name`, reveals it where `args` say, acknowledges it.
+async fn reveal_new_token(
+    client: &kube::Client,
+    scope: &tokens::Scope,
+    name: &str,
+    awaited: &reveal::Awaited,
+    args: &RevealArgs,
+) -> Result<()> {
+    let timeout = patrol_api::duration::parse(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout {:?}: {e}", args.timeout))?;
+    let namespace = match scope {
+        tokens::Scope::Namespace(Some(ns)) => ns.clone(),
+        _ => client.default_namespace().to_owned(),
+    };
+    let to = reveal::destination(
+        args.print,
+        args.token_file.as_deref(),
+        std::io::stdout().is_terminal(),
+        || reveal::default_token_file(&namespace, name),
+    )?;
+    let pats = tokens::api(client, scope);
+    let chatty = std::io::stderr().is_terminal();
+    let pat = reveal::wait_revealable(&pats, name, awaited, timeout, |why| {
+        if chatty {
+            eprintln!("kubectl-pat: waiting for the token: {why}");
+        }
+    })
+    .await?;
+    let secrets = kube::Api::namespaced(client.clone(), &namespace);
+    let token = reveal::read_token(&secrets, &pat).await?;
+    reveal::deliver(&token, &to)?;
+    eprintln!("{}", reveal::summary(&pat, Utc::now()));
+    if let reveal::Destination::File(path) = &to {
+        eprintln!(
+            "The token is in {} (0600). It is shown nowhere else: the one-time Secret is removed now.\nUse it without sending it to the apiserver: kubectl pat kubeconfig --token-file {} --issuer <Patrol's issuer> ...",
+            path.display(),
+            path.display()
+        );
+    }
+    if let Err(e) = reveal::acknowledge(&pats, &pat).await {
+        eprintln!("kubectl-pat: warning: {e:#}");
+    }
+    Ok(())
 }
 
 /// Where the PAT is, and what to trade it for.
@@ -293,21 +429,109 @@ fn kubeconfig(
     }))
 }
 
-/// Runs `work` with a kube client from the usual kubeconfig resolution.
-fn with_kube<T>(work: impl AsyncFnOnce(kube::Client) -> Result<T>) -> Result<T> {
+/// Runs `work` with a kube client from the usual kubeconfig resolution and flags.
+fn with_kube<T>(
+    kube: &cluster::KubeArgs,
+    work: impl AsyncFnOnce(kube::Client) -> Result<T>,
+) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(async {
-            let client = kube::Client::try_default()
-                .await
-                .context("no usable kubeconfig (KUBECONFIG, ~/.kube/config or in-cluster)")?;
-            work(client).await
-        })
+        .block_on(async { work(kube.connect().await?).await })
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let kube = &cli.kube;
     match cli.command {
+        Command::Create {
+            name,
+            display_name,
+            scopes,
+            ttl,
+            audiences,
+            owner,
+            namespaces,
+            reveal,
+        } => {
+            let scope = namespaces.scope();
+            let new = tokens::NewToken {
+                name: name.clone(),
+                display_name,
+                scopes: scopes.into_iter().filter(|s| !s.is_empty()).collect(),
+                ttl,
+                owner,
+                audiences: audiences.into_iter().filter(|s| !s.is_empty()).collect(),
+            };
+            new.object()?; // bad flags fail before anything is created
+            with_kube(kube, async |client| {
+                tokens::create(&client, &scope, &new).await?;
+                reveal_new_token(&client, &scope, &name, &reveal::Awaited::default(), &reveal).await
+            })?;
+        }
+        Command::Rotate {
+            name,
+            grace,
+            namespaces,
+            reveal,
+        } => {
+            let scope = namespaces.scope();
+            with_kube(kube, async |client| {
+                let before = tokens::get(&client, &scope, &name).await?;
+                let request = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
+                let after =
+                    tokens::request_rotation(&client, &before, &request, grace.as_deref()).await?;
+                let awaited = reveal::Awaited {
+                    rotation_request: Some(after.rotation_request()),
+                    replaced: before.status.and_then(|s| s.token_id),
+                };
+                reveal_new_token(&client, &scope, &name, &awaited, &reveal).await
+            })?;
+        }
+        Command::Describe {
+            name,
+            namespaces,
+            output,
+        } => {
+            let scope = namespaces.scope();
+            let (pat, events) = with_kube(kube, async |client| {
+                let pat = tokens::get(&client, &scope, &name).await?;
+                let events = tokens::events(&client, &pat).await?;
+                Ok((pat, events))
+            })?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&pat)?),
+                "yaml" => print!("{}", serde_yaml::to_string(&pat)?),
+                _ => print!("{}", describe::render(&pat, events.as_deref(), Utc::now())),
+            }
+        }
+        Command::Whoami { output } => {
+            let (user, pat) = with_kube(kube, async |client| {
+                let user = tokens::whoami(&client).await?;
+                // Best effort: the token may not permit reading PersonalAccessTokens.
+                let pat = match describe::patrol_token(&user) {
+                    Some((_, Some(named))) => match named.split_once('/') {
+                        Some((ns, name)) => {
+                            let scope = tokens::Scope::Namespace(Some(ns.to_owned()));
+                            tokens::get(&client, &scope, name).await.ok()
+                        }
+                        None => None,
+                    },
+                    Some((id, None)) => tokens::holding(&client, &tokens::Scope::All, &id)
+                        .await
+                        .ok()
+                        .and_then(|mut pats| pats.pop()),
+                    None => None,
+                };
+                Ok((user, pat))
+            })?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&user)?),
+                _ => print!(
+                    "{}",
+                    describe::render_whoami(&user, pat.as_ref(), Utc::now())
+                ),
+            }
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -323,9 +547,9 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => {
             let scope = namespaces.scope(false);
-            let pats = with_kube(async |client| {
+            let pats = with_kube(kube, async |client| {
                 let owner = if mine {
-                    Some(tokens::whoami(&client).await?)
+                    Some(tokens::username(&client).await?)
                 } else {
                     None
                 };
@@ -353,7 +577,7 @@ fn run(cli: Cli) -> Result<()> {
                 (None, false) => None,
             };
             let scope = namespaces.scope(id.is_some());
-            let revoked = with_kube(async |client| {
+            let revoked = with_kube(kube, async |client| {
                 let pats = match (&id, &name) {
                     (Some(id), _) => tokens::holding(&client, &scope, id).await?,
                     (None, Some(name)) => vec![tokens::get(&client, &scope, name).await?],

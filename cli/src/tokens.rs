@@ -1,16 +1,26 @@
-//! Commands on PersonalAccessToken objects, through the usual kubeconfig: `list` (with
-//! `--mine`, filtered by the apiserver on `spec.owner.username`) and `revoke` (by name, by
-//! token id, or from a leaked token read on stdin, found by `status.tokenId`).
+//! Commands on PersonalAccessToken objects, through the usual kubeconfig: `create`, `list`
+//! (with `--mine`, filtered by the apiserver on `spec.owner.username`), `rotate`, the
+//! events of `describe`, and `revoke` (by name, by token id, or from a leaked token read on
+//! stdin, found by `status.tokenId`).
 
 use std::io::Read;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::{
+    authentication::v1::{SelfSubjectReview, UserInfo},
+    core::v1::Event,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use patrol_api::v1alpha1::PersonalAccessToken;
+use patrol_api::{
+    duration::Duration,
+    v1alpha1::{
+        ExchangeSpec, Expiration, PersonalAccessToken, PersonalAccessTokenSpec, ROTATE_ANNOTATION,
+        TokenOwner,
+    },
+};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -21,7 +31,7 @@ pub enum Scope {
     All,
 }
 
-fn api(client: &Client, scope: &Scope) -> Api<PersonalAccessToken> {
+pub fn api(client: &Client, scope: &Scope) -> Api<PersonalAccessToken> {
     match scope {
         Scope::All => Api::all(client.clone()),
         Scope::Namespace(Some(ns)) => Api::namespaced(client.clone(), ns),
@@ -29,8 +39,8 @@ fn api(client: &Client, scope: &Scope) -> Api<PersonalAccessToken> {
     }
 }
 
-/// The username the apiserver sees for this kubeconfig.
-pub async fn whoami(client: &Client) -> Result<String> {
+/// Who the apiserver says this kubeconfig is.
+pub async fn whoami(client: &Client) -> Result<UserInfo> {
     let review: SelfSubjectReview = Api::all(client.clone())
         .create(&PostParams::default(), &SelfSubjectReview::default())
         .await
@@ -38,8 +48,132 @@ pub async fn whoami(client: &Client) -> Result<String> {
     review
         .status
         .and_then(|s| s.user_info)
-        .and_then(|u| u.username)
+        .filter(|u| u.username.is_some())
         .context("the apiserver did not say who you are")
+}
+
+/// The username the apiserver sees for this kubeconfig.
+pub async fn username(client: &Client) -> Result<String> {
+    Ok(whoami(client).await?.username.unwrap_or_default())
+}
+
+/// What `create` asks for.
+pub struct NewToken {
+    pub name: String,
+    pub display_name: Option<String>,
+    pub scopes: Vec<String>,
+    pub ttl: Option<String>,
+    pub owner: Option<String>,
+    pub audiences: Vec<String>,
+}
+
+impl NewToken {
+    /// The PersonalAccessToken to create; the flags are checked here, before anything is
+    /// sent (admission checks the rest against the policies).
+    pub fn object(&self) -> Result<PersonalAccessToken> {
+        if let Some(ttl) = &self.ttl {
+            patrol_api::duration::parse(ttl)
+                .map_err(|e| anyhow::anyhow!("--ttl {ttl:?}: {e} (for example 30d, 12h or 90m)"))?;
+        }
+        let mut spec = PersonalAccessTokenSpec {
+            display_name: self
+                .display_name
+                .clone()
+                .unwrap_or_else(|| self.name.clone()),
+            scopes: self.scopes.clone(),
+            expiration: self.ttl.as_ref().map(|ttl| Expiration {
+                ttl: Some(Duration::new(ttl.clone())),
+                expires_at: None,
+            }),
+            owner: self.owner.as_ref().map(|username| TokenOwner {
+                username: username.clone(),
+                ..TokenOwner::default()
+            }),
+            ..PersonalAccessTokenSpec::default()
+        };
+        if !self.audiences.is_empty() {
+            spec.exchange = Some(ExchangeSpec {
+                audiences: self.audiences.clone(),
+                ..ExchangeSpec::default()
+            });
+        }
+        Ok(PersonalAccessToken::new(&self.name, spec))
+    }
+}
+
+/// Creates `token` in `scope`'s namespace.
+pub async fn create(
+    client: &Client,
+    scope: &Scope,
+    token: &NewToken,
+) -> Result<PersonalAccessToken> {
+    let object = token.object()?;
+    api(client, scope)
+        .create(&PostParams::default(), &object)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 409 => anyhow::anyhow!(
+                "PersonalAccessToken {} exists already; `kubectl pat rotate {}` gives it a new token",
+                token.name,
+                token.name
+            ),
+            kube::Error::Api(s) => anyhow::anyhow!("creating PersonalAccessToken {}: {}", token.name, s.message),
+            e => anyhow::Error::new(e).context(format!("creating PersonalAccessToken {}", token.name)),
+        })
+}
+
+/// Asks the operator to rotate `pat` now (the `patrol.dev/rotate` annotation, so a spec
+/// kept in Git does not drift), with `grace` for the old token if given. The updated PAT.
+pub async fn request_rotation(
+    client: &Client,
+    pat: &PersonalAccessToken,
+    request: &str,
+    grace: Option<&str>,
+) -> Result<PersonalAccessToken> {
+    let mut patch = json!({"metadata": {"annotations": {ROTATE_ANNOTATION: request}}});
+    if let Some(grace) = grace {
+        patrol_api::duration::parse(grace)
+            .map_err(|e| anyhow::anyhow!("--grace {grace:?}: {e} (for example 1h or 7d)"))?;
+        patch["spec"] = json!({"rotation": {"gracePeriod": grace}});
+    }
+    let ns = pat
+        .namespace()
+        .context("a PersonalAccessToken without a namespace")?;
+    Api::<PersonalAccessToken>::namespaced(client.clone(), &ns)
+        .patch(
+            &pat.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) => anyhow::anyhow!(
+                "rotating PersonalAccessToken {ns}/{}: {}",
+                pat.name_any(),
+                s.message
+            ),
+            e => anyhow::Error::new(e).context("rotating"),
+        })
+}
+
+/// Events about `pat`, oldest first; `None` when listing events is not permitted.
+pub async fn events(client: &Client, pat: &PersonalAccessToken) -> Result<Option<Vec<Event>>> {
+    let ns = pat.namespace().unwrap_or_default();
+    let Some(uid) = pat.uid() else {
+        return Ok(Some(vec![]));
+    };
+    let listed = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+        .await;
+    match listed {
+        Ok(list) => {
+            let mut events = list.items;
+            events.sort_by_key(crate::describe::event_time);
+            Ok(Some(events))
+        }
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context("listing events")),
+    }
 }
 
 /// PATs in `scope`; `owner`: only those it owns (apiserver-side field selector).
@@ -180,7 +314,7 @@ pub async fn revoke(client: &Client, pat: &PersonalAccessToken) -> Result<()> {
 /// The PAT named `name` in `scope`'s namespace.
 pub async fn get(client: &Client, scope: &Scope, name: &str) -> Result<PersonalAccessToken> {
     if matches!(scope, Scope::All) {
-        bail!("name a namespace (-n) to revoke by name, or use --token-id / --leaked");
+        bail!("name a namespace (-n) for a PersonalAccessToken by name");
     }
     api(client, scope)
         .get(name)

@@ -36,10 +36,7 @@ use patrol_api::{
     validation,
 };
 
-/// Annotation on the PAT: change its value to rotate (like `spec.rotation.requestedAt`).
-pub const ROTATE_ANNOTATION: &str = "patrol.dev/rotate";
-/// Annotation on the PAT: set to the current token id to remove its one-time Secret now.
-pub const ACKNOWLEDGED_ANNOTATION: &str = "patrol.dev/acknowledged";
+pub use patrol_api::v1alpha1::{ACKNOWLEDGED_ANNOTATION, ROTATE_ANNOTATION};
 /// Reveal window when neither the PAT nor a policy sets one.
 pub const DEFAULT_REVEAL_WINDOW: Duration = Duration::from_secs(3_600);
 
@@ -129,30 +126,7 @@ pub struct Plan {
     pub notes: Vec<Note>,
 }
 
-/// Condition types.
-pub const READY: &str = "Ready";
-pub const DELIVERED: &str = "Delivered";
-pub const EXPIRING_SOON: &str = "ExpiringSoon";
-pub const POLICY_COMPLIANT: &str = "PolicyCompliant";
-
-/// The rotation request as one string: the spec field and the annotation together, so
-/// either one changing triggers a rotation.
-pub fn rotation_request(pat: &PersonalAccessToken) -> String {
-    let spec = pat
-        .spec
-        .rotation
-        .as_ref()
-        .and_then(|r| r.requested_at.as_deref())
-        .unwrap_or("");
-    let annotation = pat
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ROTATE_ANNOTATION))
-        .map(String::as_str)
-        .unwrap_or("");
-    format!("spec={spec};annotation={annotation}")
-}
+pub use patrol_api::v1alpha1::{DELIVERED, EXPIRING_SOON, POLICY_COMPLIANT, READY};
 
 /// The record a freshly issued token gets: claims from the spec, narrowed by policy.
 pub fn new_record(
@@ -180,7 +154,7 @@ pub fn new_record(
             uid: pat.metadata.uid.clone().unwrap_or_default(),
         },
         exchange: ExchangeGrant::default(),
-        rotation_request: Some(rotation_request(pat)),
+        rotation_request: Some(pat.rotation_request()),
     };
     apply_claims(&mut record, pat, policy, &resolved);
     record
@@ -456,7 +430,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         );
     }
 
-    let request = rotation_request(pat);
+    let request = pat.rotation_request();
     let rotation_requested = old
         .last_rotation_request
         .as_deref()
@@ -1257,11 +1231,11 @@ mod tests {
             })
         });
         assert_eq!(secret_name(&named), "ci-pat");
-        assert_eq!(rotation_request(&pat), "spec=;annotation=");
+        assert_eq!(pat.rotation_request(), "spec=;annotation=");
         let both = pat
             .rotation(|r| r.requested_at = Some("r1".into()))
             .annotated(ROTATE_ANNOTATION, "x");
-        assert_eq!(rotation_request(&both), "spec=r1;annotation=x");
+        assert_eq!(both.rotation_request(), "spec=r1;annotation=x");
     }
 
     // ---- Revoked -------------------------------------------------------------------------

@@ -131,3 +131,13 @@ impl PluginUser {
 pub fn mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
+
+/// Runs kubectl-pat with `kubeconfig`, `stdin` on its standard input.
+pub fn run_plugin(kubeconfig: &Path, args: &[&str], stdin: &str) -> Result<Output> {
+    crate::process::output_with_stdin(
+        Command::new(crate::process::binary("kubectl-pat")?)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig),
+        stdin,
+    )
+}

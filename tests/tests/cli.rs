@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use patrol_e2e::{
-    cli::{PluginUser, mode},
+    cli::{PluginUser, mode, run_plugin},
     eventually, process,
     token_service::{KUBE_AUDIENCE, TokenService, jwt_claims, stderr},
 };
@@ -176,16 +176,6 @@ async fn kubectl_runs_on_exchanged_jwts_and_the_pat_never_leaves() -> Result<()>
     Ok(())
 }
 
-/// Runs kubectl-pat with `kubeconfig`, `stdin` on its standard input.
-fn pat_cli(kubeconfig: &Path, args: &[&str], stdin: &str) -> Result<Output> {
-    process::output_with_stdin(
-        Command::new(process::binary("kubectl-pat")?)
-            .args(args)
-            .env("KUBECONFIG", kubeconfig),
-        stdin,
-    )
-}
-
 #[tokio::test]
 async fn list_mine_is_filtered_by_the_apiserver_and_a_leaked_token_is_revoked() -> Result<()> {
     let cluster = patrol_e2e::TestCluster::shared()?;
@@ -256,15 +246,15 @@ async fn list_mine_is_filtered_by_the_apiserver_and_a_leaked_token_is_revoked() 
         names.sort();
         Ok(names)
     };
-    let all = pat_cli(&alice_config, &["list", "-n", &ns.name, "-o", "json"], "")?;
+    let all = run_plugin(&alice_config, &["list", "-n", &ns.name, "-o", "json"], "")?;
     assert_eq!(names(&all)?, ["alice-1", "alice-2", "bob-1"]);
-    let mine = pat_cli(
+    let mine = run_plugin(
         &alice_config,
         &["list", "--mine", "-n", &ns.name, "-o", "json"],
         "",
     )?;
     assert_eq!(names(&mine)?, ["alice-1", "alice-2"]);
-    let table = pat_cli(&alice_config, &["list", "--mine", "-n", &ns.name], "")?;
+    let table = run_plugin(&alice_config, &["list", "--mine", "-n", &ns.name], "")?;
     let text = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(text.starts_with("NAME"), "{text}");
     assert_eq!(text.lines().count(), 3, "{text}");
@@ -282,7 +272,7 @@ async fn list_mine_is_filtered_by_the_apiserver_and_a_leaked_token_is_revoked() 
     assert_eq!(selected.trim(), "personalaccesstoken.patrol.dev/bob-1");
 
     // The leak runbook: pipe the token in; its PAT is revoked, nothing else.
-    let out = pat_cli(
+    let out = run_plugin(
         &cluster.kubeconfig,
         &["revoke", "--leaked"],
         &format!("{}\n", leaked.expose_secret()),
@@ -300,7 +290,7 @@ async fn list_mine_is_filtered_by_the_apiserver_and_a_leaked_token_is_revoked() 
     }
     // A token no PAT holds: a clear error and exit 1, nothing changed.
     let stranger = patrol_api::token::generate()?;
-    let out = pat_cli(
+    let out = run_plugin(
         &cluster.kubeconfig,
         &["revoke", "--leaked"],
         stranger.expose_secret(),
@@ -312,6 +302,100 @@ async fn list_mine_is_filtered_by_the_apiserver_and_a_leaked_token_is_revoked() 
         stderr(&out)
     );
     assert!(!stderr(&out).contains(stranger.expose_secret()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The krew manifest `hack/krew.sh` writes installs kubectl-pat the way users get it:
+/// krew (built from sigs.k8s.io/krew) checks the archive's SHA-256 against the manifest,
+/// unpacks it, and kubectl then finds `kubectl pat` on PATH.
+#[test]
+fn the_krew_manifest_installs_a_plugin_kubectl_finds() -> Result<()> {
+    let cluster = patrol_e2e::TestCluster::shared()?;
+    let bin = Path::new(cluster.var("PATROL_BIN")?);
+    let dir = std::env::temp_dir().join(format!("patrol-e2e-krew-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dist = dir.join("dist");
+    let packed = Command::new("bash")
+        .arg(patrol_e2e::repo_root().join("hack/krew.sh"))
+        .env("KUBECTL_PAT_BINARY", process::binary("kubectl-pat")?)
+        .env("KREW_OUT", &dist)
+        .output()?;
+    ensure!(packed.status.success(), "hack/krew.sh: {}", stderr(&packed));
+    let manifest = std::path::PathBuf::from(String::from_utf8(packed.stdout)?.trim());
+    let archive = std::fs::read_dir(&dist)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .context("no archive")?;
+    let text = std::fs::read_to_string(&manifest)?;
+    assert!(text.contains("name: pat"), "{text}");
+    assert!(
+        text.contains(&format!("version: \"v{}\"", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+
+    let krew = |args: &[&str]| -> Result<Output> {
+        Ok(Command::new(bin.join("krew"))
+            .args(args)
+            .env("KREW_ROOT", dir.join("krew"))
+            .env("HOME", &dir)
+            .output()?)
+    };
+    let install = krew(&[
+        "install",
+        &format!("--manifest={}", manifest.display()),
+        &format!("--archive={}", archive.display()),
+    ])?;
+    ensure!(
+        install.status.success(),
+        "krew install: {}",
+        stderr(&install)
+    );
+
+    let path = format!(
+        "{}:{}",
+        dir.join("krew/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let kubectl = |args: &[&str]| -> Result<Output> {
+        Ok(Command::new(bin.join("kubectl"))
+            .args(args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()?)
+    };
+    let version = kubectl(&["pat", "--version"])?;
+    ensure!(
+        version.status.success(),
+        "kubectl pat --version: {}",
+        stderr(&version)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("kubectl-pat {}", env!("CARGO_PKG_VERSION"))
+    );
+    let listed = kubectl(&["plugin", "list"])?;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("krew/bin/kubectl-pat"), "{listed}");
+
+    // A manifest whose checksum does not match the archive is refused by krew.
+    let tampered = dir.join("tampered/pat.yaml");
+    std::fs::create_dir_all(tampered.parent().context("dir")?)?;
+    let sha = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .context("no sha256")?;
+    std::fs::write(&tampered, text.replace(sha, &"0".repeat(64)))?;
+    let _ = krew(&["uninstall", "pat"])?;
+    let refused = krew(&[
+        "install",
+        &format!("--manifest={}", tampered.display()),
+        &format!("--archive={}", archive.display()),
+    ])?;
+    assert!(
+        !refused.status.success(),
+        "krew installed a tampered archive"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

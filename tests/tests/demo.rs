@@ -1,6 +1,8 @@
 //! The README's demo (`make demo`, `hack/demo.sh`) runs to the end against the shared
 //! control plane and shows each step of a token's life working: the policy refusing a
-//! token, the chart installing, kubectl with the PAT, the exchanged JWT verified by PyJWT
+//! token, the chart installing, `kubectl pat create` against the pods (admission, operator
+//! and token service together: the token is usable at once), kubectl with the PAT and
+//! through the exec-credential plugin, the exchanged JWT verified by PyJWT
 //! and by the kube-apiserver, a workload exchanging as itself, introspection, revocation.
 //! It also exercises `examples/workload-exchange.yaml` and every script in
 //! `examples/clients/`.
@@ -38,6 +40,18 @@ fn the_demo_runs_a_token_through_its_whole_life() -> Result<()> {
     expect("\"forever\" is invalid", "the policy refusing a token");
     expect("spec.expiration", "which field broke the policy");
     expect("laptop", "the token");
+    expect(
+        "personalaccesstoken patrol-demo/laptop: token",
+        "kubectl pat create revealing the issued token",
+    );
+    expect(
+        "This credential's scopes: read:pods",
+        "kubectl pat whoami through the exec-credential plugin's JWT",
+    );
+    expect(
+        "personalaccesstoken patrol-demo/laptop revoked",
+        "kubectl pat revoke --leaked finding the PAT from its token",
+    );
     expect("Active", "the token becoming Active");
     expect("alice", "kubectl with the PAT acting as alice");
     expect("patrol:scope:read:pods", "the scope group");

@@ -18,6 +18,18 @@ pub const MAX_SCOPE_LEN: usize = 128;
 /// What a scope may contain: OAuth scope-token characters without quotes or backslashes.
 pub const SCOPE_PATTERN: &str = "^[A-Za-z0-9:._/*-]+$";
 
+/// Annotation on a PAT: change its value to rotate (like `spec.rotation.requestedAt`,
+/// without touching the spec).
+pub const ROTATE_ANNOTATION: &str = "patrol.dev/rotate";
+/// Annotation on a PAT: set to the current token id to remove its one-time Secret now.
+pub const ACKNOWLEDGED_ANNOTATION: &str = "patrol.dev/acknowledged";
+
+/// Condition types of a PersonalAccessToken's status.
+pub const READY: &str = "Ready";
+pub const DELIVERED: &str = "Delivered";
+pub const EXPIRING_SOON: &str = "ExpiringSoon";
+pub const POLICY_COMPLIANT: &str = "PolicyCompliant";
+
 /// Desired state of a PersonalAccessToken.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[kube(
@@ -274,4 +286,35 @@ pub struct SecretReference {
 pub struct PreviousToken {
     pub token_id: String,
     pub valid_until: Time,
+}
+
+impl PersonalAccessToken {
+    /// The status condition of type `type_`, if any.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+
+    /// The rotation request as one string: the spec field and the annotation together, so
+    /// that either one changing triggers a rotation. `status.lastRotationRequest` holds the
+    /// last one acted upon.
+    pub fn rotation_request(&self) -> String {
+        let spec = self
+            .spec
+            .rotation
+            .as_ref()
+            .and_then(|r| r.requested_at.as_deref())
+            .unwrap_or("");
+        let annotation = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ROTATE_ANNOTATION))
+            .map(String::as_str)
+            .unwrap_or("");
+        format!("spec={spec};annotation={annotation}")
+    }
 }
