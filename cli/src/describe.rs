@@ -297,7 +297,7 @@ pub fn render_whoami(
         (Some((id, named)), None) => {
             let _ = writeln!(
                 out,
-                "Token:     {id}{} (its PersonalAccessToken is not readable for you here)",
+                "Token:     {id}{} (this credential may not read its PersonalAccessToken)",
                 named
                     .map(|n| format!(" of personalaccesstoken {n}"))
                     .unwrap_or_default()
