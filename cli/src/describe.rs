@@ -399,7 +399,7 @@ mod tests {
         );
         let text = render_whoami(&jwt, None, now);
         assert!(
-            text.contains("Token:     AAAAAAAAAAAA (its PersonalAccessToken"),
+            text.contains("Token:     AAAAAAAAAAAA (this credential may not read"),
             "{text}"
         );
     }
