@@ -6,6 +6,7 @@
 #   etcd                                              from go.etcd.io/etcd/server/v3
 #   helm                                              from helm.sh/helm/v3
 #   krew (installs kubectl-pat from its manifest)     from sigs.k8s.io/krew
+#   promtool (checks the chart's alerting rules)      from github.com/prometheus/prometheus
 #   coredns (the local node's cluster DNS)            from github.com/coredns/coredns
 #
 # k8s.io/kubernetes points its staging modules (k8s.io/api, k8s.io/client-go, ...) at
@@ -98,6 +99,12 @@ build_krew() {
   build_module krew "$KREW_VERSION" sigs.k8s.io/krew sigs.k8s.io/krew/cmd/krew krew
 }
 
+# promtool, to check the chart's PrometheusRule and the alert tests (make test).
+build_promtool() {
+  build_module promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus \
+    github.com/prometheus/prometheus/cmd/promtool promtool
+}
+
 build_helm() {
   build_module helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm helm \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
@@ -147,17 +154,19 @@ link_bin() {
   ln -sf "$cache/bin/etcd-$ETCD_VERSION/etcd" "$dir/etcd"
   ln -sf "$cache/bin/helm-$HELM_VERSION/helm" "$dir/helm"
   ln -sf "$cache/bin/krew-$KREW_VERSION/krew" "$dir/krew"
+  ln -sf "$cache/bin/promtool-$PROMETHEUS_VERSION/promtool" "$dir/promtool"
   [[ -x $cache/bin/coredns-$COREDNS_VERSION/coredns ]] && ln -sf "$cache/bin/coredns-$COREDNS_VERSION/coredns" "$dir/coredns"
   echo "$dir"
 }
 
 case "${1:-all}" in
-  all) build_etcd; build_helm; build_krew; build_kubernetes; build_coredns; link_bin ;;
+  all) build_etcd; build_helm; build_krew; build_promtool; build_kubernetes; build_coredns; link_bin ;;
   kubernetes) build_kubernetes ;;
   coredns) build_coredns ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   krew) build_krew ;;
+  promtool) build_promtool ;;
   path) link_bin ;;
-  *) echo "usage: $0 [all|kubernetes|etcd|helm|krew|coredns|path]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|kubernetes|etcd|helm|krew|promtool|coredns|path]" >&2; exit 2 ;;
 esac

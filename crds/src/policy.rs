@@ -55,6 +55,17 @@ use crate::{
 
 /// How long a `OneTime` Secret lives when the token does not say (the API's documented default).
 pub const DEFAULT_REVEAL_WINDOW: StdDuration = StdDuration::from_secs(3_600);
+/// How long before expiry a token is `ExpiringSoon` when no policy sets
+/// `rotation.warnBefore` (GitHub and GitLab warn about a week ahead too), but never more
+/// than a quarter of the token's lifetime: a one-day CI token is not "expiring soon" from
+/// the moment it is issued.
+pub const DEFAULT_WARN_BEFORE: StdDuration = StdDuration::from_secs(7 * 86_400);
+
+/// The default warning for a token issued at `issued_at` that expires at `expires_at`.
+pub fn default_warning(issued_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> StdDuration {
+    let quarter = (expires_at - issued_at).to_std().unwrap_or_default() / 4;
+    quarter.min(DEFAULT_WARN_BEFORE)
+}
 /// Longest exchanged-JWT lifetime when no policy sets `exchange.maxTTL`.
 pub const DEFAULT_EXCHANGE_MAX_TTL: StdDuration = StdDuration::from_secs(3_600);
 
@@ -225,6 +236,29 @@ pub struct EffectivePolicy {
     pub system_groups_policy: Option<String>,
     /// Groups the selecting policies name as privileged (their union), beyond the defaults.
     pub privileged_groups: Vec<String>,
+}
+
+/// Policies that select one namespace and leave a setting no allowed value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The policy field they contradict each other on.
+    pub field: &'static str,
+    /// What is impossible, ending before the policy names.
+    pub what: &'static str,
+    /// The policies that restrict that setting, sorted.
+    pub policies: Vec<String>,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ({})",
+            self.what,
+            self.policies.join(", "),
+            self.field
+        )
+    }
 }
 
 /// A rule a token breaks, with the policy that set it.
@@ -728,6 +762,35 @@ impl EffectivePolicy {
         )
     }
 
+    /// Settings on which the policies composed here leave no value at all: every token
+    /// in the namespace would break one of them.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        if self.allowed_retention().is_some_and(|r| r.is_empty()) {
+            out.push(Conflict {
+                field: "spec.secret.allowedRetention",
+                what: "no secret retention is allowed by all of",
+                policies: self
+                    .allowed_retention
+                    .iter()
+                    .map(|l| l.policy.clone())
+                    .collect(),
+            });
+        }
+        if self.allowed_audiences().is_some_and(|a| a.is_empty()) {
+            out.push(Conflict {
+                field: "spec.exchange.audiences",
+                what: "no exchange audience is allowed by all of",
+                policies: self
+                    .exchange_audiences
+                    .iter()
+                    .map(|l| l.policy.clone())
+                    .collect(),
+            });
+        }
+        out
+    }
+
     /// The audience of an exchange request that names none: the first audience, in the list
     /// of the first policy (by name) that lists audiences, that every policy allows. `None`
     /// when no policy lists audiences (the caller must then require one) or none is common.
@@ -825,7 +888,11 @@ impl EffectivePolicy {
                 .as_ref()
                 .map_or(DEFAULT_EXCHANGE_MAX_TTL, |l| l.value),
             exchange_audiences,
-            warn_before: self.warn_before.as_ref().map(|l| l.value),
+            warn_before: match self.warn_before.as_ref().map(|l| l.value) {
+                None => expires_at.map(|at| default_warning(issued_at, at)),
+                Some(StdDuration::ZERO) => None,
+                set => set,
+            },
             non_compliance: self.check(spec, issued_at),
         }
     }
@@ -1233,6 +1300,106 @@ mod tests {
                 non_compliance: vec![],
             }
         );
+    }
+
+    #[test]
+    fn policies_that_leave_no_common_value_conflict() {
+        let retention = |values: &[Retention]| TokenPolicySpec {
+            secret: Some(SecretPolicy {
+                allowed_retention: Some(values.to_vec()),
+                max_reveal_window: None,
+            }),
+            ..Default::default()
+        };
+        let audiences = |values: &[&str]| TokenPolicySpec {
+            exchange: Some(ExchangePolicy {
+                max_ttl: None,
+                audiences: Some(values.iter().map(|v| (*v).to_owned()).collect()),
+            }),
+            ..Default::default()
+        };
+        assert!(
+            everywhere(&[("a", retention(&[Retention::OneTime]))])
+                .conflicts()
+                .is_empty()
+        );
+        assert!(
+            everywhere(&[
+                ("a", retention(&[Retention::OneTime, Retention::Persistent])),
+                ("b", retention(&[Retention::OneTime])),
+            ])
+            .conflicts()
+            .is_empty()
+        );
+        let conflicts = everywhere(&[
+            ("a", retention(&[Retention::Persistent])),
+            ("b", retention(&[Retention::OneTime])),
+            ("c", audiences(&["vault"])),
+            ("d", audiences(&["argo"])),
+        ])
+        .conflicts();
+        assert_eq!(
+            conflicts
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "no secret retention is allowed by all of a, b (spec.secret.allowedRetention)",
+                "no exchange audience is allowed by all of c, d (spec.exchange.audiences)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_expiry_warning_defaults_to_a_week_and_policies_change_or_silence_it() {
+        let warn = |values: &[&str]| warn_for(values, Some("90d"));
+        assert_eq!(warn(&[]), Some(d("7d")), "no policy: a week");
+        assert_eq!(
+            warn(&["1d"]),
+            Some(d("1d")),
+            "a policy replaces the default"
+        );
+        assert_eq!(warn(&["0s"]), None, "0s turns the warning off");
+        assert_eq!(
+            warn(&["0s", "3d"]),
+            Some(d("3d")),
+            "the longest warning wins"
+        );
+        assert_eq!(
+            warn_for(&[], Some("1d")),
+            Some(d("6h")),
+            "a quarter of a short life"
+        );
+        assert_eq!(warn_for(&[], None), None, "a token that never expires");
+    }
+
+    fn warn_for(values: &[&str], ttl: Option<&str>) -> Option<StdDuration> {
+        let warn = |values: &[&str]| {
+            let specs: Vec<(String, TokenPolicySpec)> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    (
+                        format!("p{i}"),
+                        TokenPolicySpec {
+                            rotation: Some(RotationPolicy {
+                                warn_before: Some((*v).into()),
+                            }),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect();
+            let named: Vec<(&str, TokenPolicySpec)> =
+                specs.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+            let mut spec = pat();
+            spec.expiration = ttl.map(|t| Expiration {
+                ttl: Some(t.into()),
+                expires_at: None,
+            });
+            everywhere(&named).resolve(&spec, now()).warn_before
+        };
+        warn(values)
     }
 
     #[test]

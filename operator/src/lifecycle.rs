@@ -2431,13 +2431,23 @@ mod tests {
                 warn: Some("718h"),
                 expected: HOUR,
             },
+            // No policy warning: the default, 7d before the 30d expiry.
+            Row {
+                name: "default warning",
+                reveal: "31d",
+                grace: "31d",
+                idle: "31d",
+                every: "31d",
+                warn: None,
+                expected: 23 * DAY - HOUR,
+            },
             Row {
                 name: "expiry",
                 reveal: "31d",
                 grace: "31d",
                 idle: "31d",
                 every: "31d",
-                warn: None,
+                warn: Some("0s"),
                 expected: 30 * DAY - HOUR,
             },
         ];

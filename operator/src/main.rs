@@ -43,6 +43,10 @@ struct Args {
     /// Reconcile PersonalAccessTokens in this namespace only (default: all namespaces).
     #[arg(long, env = "PATROL_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Write TokenPolicy status (counts and conditions). Default: only when watching every
+    /// namespace, so that replicas scoped to one namespace do not fight over it.
+    #[arg(long, action = clap::ArgAction::Set)]
+    token_policy_status: Option<bool>,
     /// Issue a PAT's token only when admission attested its owner (patrol-webhook's
     /// mutating webhook does). Turn off only on clusters that run the operator without
     /// patrol-webhook's admission, where whoever may create a PersonalAccessToken may name
@@ -88,6 +92,9 @@ async fn main() -> anyhow::Result<()> {
                 parallelism: args.argon2_parallelism,
             },
             concurrency: args.concurrency,
+            token_policy_status: args
+                .token_policy_status
+                .unwrap_or(args.watch_namespace.is_none()),
             watch_namespace: args.watch_namespace,
             owner_attestation: args
                 .require_owner_attestation

@@ -1,13 +1,16 @@
-//! TokenPolicy status: how many tokens each policy governs and how many break its rules.
+//! TokenPolicy status: how many tokens each policy governs and how many break its rules,
+//! and two conditions: `Ready` (valid, and applied to the namespaces it selects) and
+//! `Conflicting` (with the other policies of some namespace it leaves a setting no allowed
+//! value).
 //!
 //! Recomputed every [`INTERVAL`] and whenever a policy changes, from one LIST of the PATs.
 //! Counting is advisory (for `kubectl get tokenpolicies`), so a short delay is fine and keeps
 //! the operator from holding a second cache of every PAT.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use chrono::Utc;
-use k8s_openapi::api::core::v1::Namespace;
+use chrono::{DateTime, Utc};
+use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api, Client, ResourceExt,
     api::{
@@ -19,10 +22,11 @@ use kube::{
 use patrol_api::{
     policy::PolicySet,
     v1alpha1::{PersonalAccessToken, TokenPolicy, TokenPolicyStatus},
+    validation,
 };
 use tracing::warn;
 
-use crate::reconciler::FIELD_MANAGER;
+use crate::{metrics::Metrics, reconciler::FIELD_MANAGER};
 
 pub const INTERVAL: Duration = Duration::from_secs(15);
 
@@ -58,10 +62,126 @@ pub fn count(
     (governed, violating)
 }
 
+/// Condition types of a TokenPolicy.
+pub const READY: &str = "Ready";
+pub const CONFLICTING: &str = "Conflicting";
+/// Namespaces named in one condition message at most.
+const NAMED_NAMESPACES: usize = 5;
+
+/// The conditions of `policy` among `set` (every policy), over the namespaces with these
+/// labels. A condition whose status is unchanged keeps its `lastTransitionTime`.
+pub fn conditions(
+    policy: &TokenPolicy,
+    set: &PolicySet,
+    namespaces: &[BTreeMap<String, String>],
+    old: &[Condition],
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let name = policy.name_any();
+    let generation = policy.metadata.generation;
+    let errors = validation::validate_policy(&policy.spec);
+    let mut selected = 0usize;
+    let mut clashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for labels in namespaces {
+        let effective = set.effective_for(labels);
+        if !effective.policies.contains(&name) {
+            continue;
+        }
+        selected += 1;
+        let namespace = labels
+            .get("kubernetes.io/metadata.name")
+            .cloned()
+            .unwrap_or_default();
+        for conflict in effective.conflicts() {
+            if conflict.policies.contains(&name) {
+                clashes
+                    .entry(conflict.to_string())
+                    .or_default()
+                    .push(namespace.clone());
+            }
+        }
+    }
+    let ready = if errors.is_empty() {
+        (
+            "True",
+            "Applied",
+            format!(
+                "Valid; governs PersonalAccessTokens in {selected} namespace{}.",
+                if selected == 1 { "" } else { "s" }
+            ),
+        )
+    } else {
+        let selector = errors
+            .iter()
+            .all(|e| e.field.starts_with("spec.namespaceSelector"));
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        (
+            "False",
+            if selector {
+                "InvalidSelector"
+            } else {
+                "InvalidRules"
+            },
+            format!("Not applied to any token: {}", list.join("; ")),
+        )
+    };
+    let conflicting = if clashes.is_empty() {
+        (
+            "False",
+            "NoConflict",
+            "Every namespace it selects leaves each setting an allowed value.".to_owned(),
+        )
+    } else {
+        let parts: Vec<String> = clashes
+            .into_iter()
+            .map(|(what, mut namespaces)| {
+                namespaces.sort();
+                let more = namespaces.len().saturating_sub(NAMED_NAMESPACES);
+                namespaces.truncate(NAMED_NAMESPACES);
+                let tail = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!("in namespace {}{tail}: {what}", namespaces.join(", "))
+            })
+            .collect();
+        (
+            "True",
+            "NoCommonValue",
+            format!(
+                "Every token there breaks a policy: {}. Widen one of them or narrow their namespaceSelectors.",
+                parts.join("; ")
+            ),
+        )
+    };
+    [(READY, ready), (CONFLICTING, conflicting)]
+        .into_iter()
+        .map(|(type_, (status, reason, message))| {
+            let since = old
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map_or_else(
+                    || patrol_api::time::to_k8s(now),
+                    |c| c.last_transition_time.clone(),
+                );
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        })
+        .collect()
+}
+
 pub async fn run(
     client: Client,
     policies: Store<TokenPolicy>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
+    metrics: Arc<Metrics>,
 ) {
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(patrol_api::GROUP, "v1alpha1", "PersonalAccessToken"),
@@ -70,7 +190,7 @@ pub async fn run(
     let pats_api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let policy_api: Api<TokenPolicy> = Api::all(client);
     loop {
-        if let Err(e) = refresh(&pats_api, &policy_api, &policies, &namespaces).await {
+        if let Err(e) = refresh(&pats_api, &policy_api, &policies, &namespaces, &metrics).await {
             warn!(error = %e, "could not refresh TokenPolicy status");
         }
         tokio::time::sleep(INTERVAL).await;
@@ -82,6 +202,7 @@ async fn refresh(
     policy_api: &Api<TokenPolicy>,
     policies: &Store<TokenPolicy>,
     namespaces: &Store<PartialObjectMeta<Namespace>>,
+    metrics: &Metrics,
 ) -> Result<(), kube::Error> {
     let list = pats_api.list(&ListParams::default()).await?;
     let pats: Vec<(PersonalAccessToken, BTreeMap<String, String>)> = list
@@ -101,15 +222,44 @@ async fn refresh(
             (pat, labels)
         })
         .collect();
-    for policy in policies.state() {
+    let all = policies.state();
+    let set = PolicySet::new(all.iter().map(|p| p.as_ref()));
+    let namespace_labels: Vec<BTreeMap<String, String>> = namespaces
+        .state()
+        .iter()
+        .map(|n| {
+            let mut labels = n.metadata.labels.clone().unwrap_or_default();
+            labels
+                .entry("kubernetes.io/metadata.name".to_owned())
+                .or_insert_with(|| n.name_any());
+            labels
+        })
+        .collect();
+    let now = Utc::now();
+    let (mut ready, mut invalid, mut conflicting) = (0, 0, 0);
+    for policy in all {
         let (governed, violating) = count(&policy, &pats);
         let old = policy.status.clone().unwrap_or_default();
         let desired = TokenPolicyStatus {
             governed_tokens: governed,
             violating_tokens: violating,
             observed_generation: policy.metadata.generation,
-            conditions: old.conditions.clone(),
+            conditions: conditions(&policy, &set, &namespace_labels, &old.conditions, now),
         };
+        let is = |type_: &str| {
+            desired
+                .conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        };
+        if is(READY) {
+            ready += 1;
+        } else {
+            invalid += 1;
+        }
+        if is(CONFLICTING) {
+            conflicting += 1;
+        }
         if desired == old {
             continue;
         }
@@ -126,5 +276,129 @@ async fn refresh(
             )
             .await?;
     }
+    metrics.set_policy_states(ready, invalid, conflicting);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use patrol_api::v1alpha1::TokenPolicySpec;
+    use serde_json::json;
+
+    use super::*;
+
+    fn policy(name: &str, spec: serde_json::Value) -> TokenPolicy {
+        let mut p = TokenPolicy::new(
+            name,
+            serde_json::from_value::<TokenPolicySpec>(spec).unwrap(),
+        );
+        p.metadata.generation = Some(3);
+        p
+    }
+
+    fn namespace(name: &str, team: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("kubernetes.io/metadata.name".to_owned(), name.to_owned()),
+            ("team".to_owned(), team.to_owned()),
+        ])
+    }
+
+    fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_valid_policy_is_ready_and_says_how_far_it_reaches() {
+        let a = policy(
+            "a",
+            json!({"namespaceSelector": {"matchLabels": {"team": "x"}}, "expiration": {"max": "30d"}}),
+        );
+        let set = PolicySet::new([&a]);
+        let namespaces = [
+            namespace("n1", "x"),
+            namespace("n2", "x"),
+            namespace("n3", "y"),
+        ];
+        let now: DateTime<Utc> = "2026-12-03T12:00:00Z".parse().unwrap();
+        let got = conditions(&a, &set, &namespaces, &[], now);
+        let ready = find(&got, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Applied")
+        );
+        assert!(ready.message.contains("2 namespaces"), "{}", ready.message);
+        assert_eq!(ready.observed_generation, Some(3));
+        assert_eq!(find(&got, CONFLICTING).status, "False");
+
+        // Unchanged status keeps its transition time; a change takes the new one.
+        let later: DateTime<Utc> = "2026-12-03T13:00:00Z".parse().unwrap();
+        let again = conditions(&a, &set, &namespaces, &got, later);
+        assert_eq!(
+            find(&again, READY).last_transition_time,
+            ready.last_transition_time
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_is_not_ready_and_names_the_field() {
+        let bad = policy("bad", json!({"expiration": {"max": "forever"}}));
+        let selector = policy(
+            "sel",
+            json!({"namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Sideways"}]}}),
+        );
+        let set = PolicySet::new([&bad, &selector]);
+        let now = Utc::now();
+        let got = conditions(&bad, &set, &[namespace("n1", "x")], &[], now);
+        let ready = find(&got, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidRules")
+        );
+        assert!(
+            ready.message.contains("spec.expiration.max"),
+            "{}",
+            ready.message
+        );
+        let got = conditions(&selector, &set, &[namespace("n1", "x")], &[], now);
+        assert_eq!(find(&got, READY).reason, "InvalidSelector");
+    }
+
+    #[test]
+    fn policies_that_contradict_each_other_somewhere_say_where() {
+        let a = policy("a", json!({"secret": {"allowedRetention": ["Persistent"]}}));
+        let b = policy(
+            "b",
+            json!({"namespaceSelector": {"matchLabels": {"team": "x"}}, "secret": {"allowedRetention": ["OneTime"]}}),
+        );
+        let c = policy("c", json!({"expiration": {"max": "30d"}}));
+        let set = PolicySet::new([&a, &b, &c]);
+        let namespaces = [namespace("n1", "x"), namespace("n2", "y")];
+        let now = Utc::now();
+        for clashing in [&a, &b] {
+            let got = conditions(clashing, &set, &namespaces, &[], now);
+            let conflicting = find(&got, CONFLICTING);
+            assert_eq!(
+                (conflicting.status.as_str(), conflicting.reason.as_str()),
+                ("True", "NoCommonValue")
+            );
+            assert!(
+                conflicting
+                    .message
+                    .contains("in namespace n1: no secret retention is allowed by all of a, b"),
+                "{}",
+                conflicting.message
+            );
+            assert!(
+                !conflicting.message.contains("n2"),
+                "{}",
+                conflicting.message
+            );
+        }
+        let got = conditions(&c, &set, &namespaces, &[], now);
+        assert_eq!(
+            find(&got, CONFLICTING).status,
+            "False",
+            "c takes no part in it"
+        );
+    }
 }

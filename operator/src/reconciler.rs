@@ -35,7 +35,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::{
     crash,
     lifecycle::{self, Action, DeliveredSecret, IssueReason, Observed, OwnerVetting},
-    metrics::Metrics,
+    metrics::{Metrics, TokenState},
 };
 
 /// Finalizer that removes a PAT's records and Secret before the PAT goes.
@@ -258,7 +258,24 @@ async fn apply(pat: &PersonalAccessToken, ctx: &Context) -> Result<Requeue, Erro
         publish(ctx, pat, note.reason, &note.message, note.warning).await;
     }
     let phase = plan.status.phase.unwrap_or_default();
-    ctx.metrics.observe_phase(&uid, phase);
+    ctx.metrics.observe(
+        &uid,
+        TokenState {
+            namespace: ns.clone(),
+            phase,
+            expiring_soon: plan
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == lifecycle::EXPIRING_SOON && c.status == "True"),
+            idle_since: plan
+                .status
+                .last_used_at
+                .as_ref()
+                .or(plan.status.issued_at.as_ref())
+                .map(patrol_api::time::from_k8s),
+        },
+    );
     if phase == Phase::Active
         && pat.status.as_ref().and_then(|s| s.phase) != Some(Phase::Active)
         && let Some(created) = pat.creation_timestamp()

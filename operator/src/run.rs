@@ -49,6 +49,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// Reconcile PATs in this namespace only (default: every namespace).
     pub watch_namespace: Option<String>,
+    /// Write TokenPolicy status (one writer per cluster).
+    pub token_policy_status: bool,
     /// Secret (in `namespace`) holding the owner-attestation key; `None`: owners are
     /// trusted without attestation.
     pub owner_attestation: Option<String>,
@@ -177,15 +179,17 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             shutdown.await;
         });
 
-    // Policy status counts tokens in every namespace, so only an operator that watches every
-    // namespace writes it (a namespace-scoped one would undercount and fight the others).
-    let policy_task = match &settings.watch_namespace {
-        None => tokio::spawn(policy_status::run(
+    // Policy status counts tokens in every namespace; one writer per cluster, by default
+    // the operator that watches every namespace (see --token-policy-status).
+    let policy_task = if settings.token_policy_status {
+        tokio::spawn(policy_status::run(
             client.clone(),
             policies.clone(),
             namespaces.clone(),
-        )),
-        Some(_) => tokio::spawn(future::pending::<()>()),
+            metrics.clone(),
+        ))
+    } else {
+        tokio::spawn(future::pending::<()>())
     };
 
     let _ = ready_tx.send(true);

@@ -291,7 +291,7 @@ impl Default for Metrics {
             "1 once the TokenScope and ClusterRole caches have synced",
             scope_catalog_synced.clone(),
         );
-        Self {
+        let metrics = Self {
             registry,
             requests,
             request_duration,
@@ -320,11 +320,35 @@ impl Default for Metrics {
             authorizations,
             scope_catalog_scopes,
             scope_catalog_synced,
-        }
+        };
+        metrics.zero_alerted_series();
+        metrics
     }
 }
 
 impl Metrics {
+    /// Series the alerts (charts/patrol/files/alerts.yaml) watch, present at 0 from the
+    /// start: `increase()` and `rate()` need a sample before the first event, or the first
+    /// error after a restart would never fire an alert.
+    fn zero_alerted_series(&self) {
+        for (outcome, reason) in [("rejected", "wrong_secret"), ("unavailable", "overloaded")] {
+            let _ = self
+                .validations
+                .get_or_create(&ValidationLabels { outcome, reason });
+        }
+        for scope in ["client", "token"] {
+            let _ = self.rate_limited.get_or_create(&ScopeLabels { scope });
+        }
+        for result in ["ok", "error"] {
+            let _ = self.tls_reloads.get_or_create(&ResultLabels { result });
+        }
+        for result in ["created", "rotated", "conflict", "error"] {
+            let _ = self
+                .signing_key_writes
+                .get_or_create(&ResultLabels { result });
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);
@@ -442,6 +466,20 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn series_the_alerts_watch_exist_before_their_first_event() {
+        let text = Metrics::default().encode().unwrap();
+        for series in [
+            "patrol_webhook_token_validations_total{outcome=\"rejected\",reason=\"wrong_secret\"} 0",
+            "patrol_webhook_token_validations_total{outcome=\"unavailable\",reason=\"overloaded\"} 0",
+            "patrol_webhook_rate_limited_attempts_total{scope=\"token\"} 0",
+            "patrol_webhook_tls_reloads_total{result=\"error\"} 0",
+            "patrol_webhook_signing_key_writes_total{result=\"error\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
         }
     }
 }

@@ -105,3 +105,46 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "patrol.operator.servi
 {{- define "patrol.webhook.username" -}}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "patrol.webhook.serviceAccountName" . }}
 {{- end -}}
+
+{{/*
+One scrape endpoint of a ServiceMonitor or PodMonitor: dict "root" . "cfg" (the monitor's
+values) "port" (port name) "tls" (bool: the webhook's HTTPS port, verified against its CA).
+*/}}
+{{- define "patrol.scrapeEndpoint" -}}
+- port: {{ .port }}
+  path: /metrics
+  interval: {{ .cfg.interval }}
+  {{- with .cfg.scrapeTimeout }}
+  scrapeTimeout: {{ . }}
+  {{- end }}
+  {{- if .tls }}
+  scheme: https
+  tlsConfig:
+    serverName: {{ include "patrol.webhook.fullname" .root }}.{{ .root.Release.Namespace }}.svc
+    ca:
+      secret:
+        name: {{ include "patrol.tlsSecretName" .root }}
+        key: ca.crt
+  {{- end }}
+  {{- with .cfg.relabelings }}
+  relabelings:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .cfg.metricRelabelings }}
+  metricRelabelings:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* Labels and annotations a monitoring object adds: dict "root" . "cfg" … "component" … */}}
+{{- define "patrol.monitoringMetadata" -}}
+labels:
+  {{- include "patrol.componentLabels" (dict "root" .root "component" .component) | nindent 2 }}
+  {{- with .cfg.labels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with .cfg.annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

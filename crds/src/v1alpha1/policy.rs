@@ -20,6 +20,8 @@ use crate::duration::Duration;
     shortname = "tp",
     category = "patrol",
     status = "TokenPolicyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Conflicting","type":"string","jsonPath":".status.conditions[?(@.type==\"Conflicting\")].status"}"#,
     printcolumn = r#"{"name":"Max Lifetime","type":"string","jsonPath":".spec.expiration.max"}"#,
     printcolumn = r#"{"name":"Governed","type":"integer","jsonPath":".status.governedTokens"}"#,
     printcolumn = r#"{"name":"Violating","type":"integer","jsonPath":".status.violatingTokens"}"#,
@@ -114,7 +116,8 @@ pub struct ExchangePolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationPolicy {
-    /// Raise the `ExpiringSoon` condition and an Event this long before a token expires.
+    /// Raise the `ExpiringSoon` condition and an Event this long before a token expires
+    /// (default `7d` when no policy sets it; `0s` turns the warning off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warn_before: Option<Duration>,
 }
@@ -148,7 +151,9 @@ pub struct TokenPolicyStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions.
+    /// `Ready` (valid, and applied to the namespaces it selects; False with `InvalidRules`
+    /// or `InvalidSelector`) and `Conflicting` (True with `NoCommonValue` where it and
+    /// another policy leave a setting no allowed value).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
