@@ -221,14 +221,8 @@ pub fn deliver(token: &str, to: &Destination) -> Result<()> {
 /// Marks the revealed token as taken, so the operator removes a one-time Secret now. A
 /// Persistent Secret is for in-cluster consumers and stays.
 pub async fn acknowledge(api: &Api<PersonalAccessToken>, pat: &PersonalAccessToken) -> Result<()> {
-    let retention = pat
-        .spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.retention)
-        .unwrap_or_default();
     let id = pat.status.as_ref().and_then(|s| s.token_id.clone());
-    if retention == Retention::Persistent {
+    if pat.retention() == Retention::Persistent {
         return Ok(());
     }
     let Some(id) = id else { return Ok(()) };

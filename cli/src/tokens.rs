@@ -136,23 +136,29 @@ pub async fn request_rotation(
             .map_err(|e| anyhow::anyhow!("--grace {grace:?}: {e} (for example 1h or 7d)"))?;
         patch["spec"] = json!({"rotation": {"gracePeriod": grace}});
     }
+    merge_patch(client, pat, patch, "rotating").await
+}
+
+/// Merge-patches `pat` in its namespace; errors say what was being done (`doing`) to which
+/// PAT, in the apiserver's words.
+async fn merge_patch(
+    client: &Client,
+    pat: &PersonalAccessToken,
+    patch: serde_json::Value,
+    doing: &str,
+) -> Result<PersonalAccessToken> {
     let ns = pat
         .namespace()
         .context("a PersonalAccessToken without a namespace")?;
+    let name = pat.name_any();
     Api::<PersonalAccessToken>::namespaced(client.clone(), &ns)
-        .patch(
-            &pat.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(|e| match e {
-            kube::Error::Api(s) => anyhow::anyhow!(
-                "rotating PersonalAccessToken {ns}/{}: {}",
-                pat.name_any(),
-                s.message
-            ),
-            e => anyhow::Error::new(e).context("rotating"),
+            kube::Error::Api(s) => {
+                anyhow::anyhow!("{doing} PersonalAccessToken {ns}/{name}: {}", s.message)
+            }
+            e => anyhow::Error::new(e).context(format!("{doing} PersonalAccessToken {ns}/{name}")),
         })
 }
 
@@ -297,17 +303,7 @@ pub async fn holding(client: &Client, scope: &Scope, id: &str) -> Result<Vec<Per
 
 /// Sets `spec.revoked: true` (final: the operator deletes every token of the PAT).
 pub async fn revoke(client: &Client, pat: &PersonalAccessToken) -> Result<()> {
-    let ns = pat
-        .namespace()
-        .context("a PersonalAccessToken without a namespace")?;
-    Api::<PersonalAccessToken>::namespaced(client.clone(), &ns)
-        .patch(
-            &pat.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"revoked": true}})),
-        )
-        .await
-        .with_context(|| format!("revoking PersonalAccessToken {ns}/{}", pat.name_any()))?;
+    merge_patch(client, pat, json!({"spec": {"revoked": true}}), "revoking").await?;
     Ok(())
 }
 

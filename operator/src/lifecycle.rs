@@ -616,12 +616,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     }
 
     // The delivered Secret: OneTime ones go after the reveal window or acknowledgement.
-    let retention = pat
-        .spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.retention)
-        .unwrap_or_default();
+    let retention = pat.retention();
     let acknowledged = pat
         .metadata
         .annotations

@@ -289,6 +289,15 @@ pub struct PreviousToken {
 }
 
 impl PersonalAccessToken {
+    /// How long its plaintext Secret lives (`spec.secret.retention`, default `OneTime`).
+    pub fn retention(&self) -> Retention {
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.retention)
+            .unwrap_or_default()
+    }
+
     /// The status condition of type `type_`, if any.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.status
