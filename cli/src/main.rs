@@ -211,26 +211,49 @@ struct RevealArgs {
     timeout: String,
 }
 
-/// Waits for the token of `name`, reveals it where `args` say, acknowledges it.
+/// Where and how long: decided before anything is created, so a bad `--timeout` or an
+/// unusable token file changes nothing.
+struct RevealPlan {
+    timeout: std::time::Duration,
+    to: reveal::Destination,
+    namespace: String,
+}
+
+impl RevealArgs {
+    fn plan(&self, client: &kube::Client, scope: &tokens::Scope, name: &str) -> Result<RevealPlan> {
+        let timeout = patrol_api::duration::parse(&self.timeout)
+            .map_err(|e| anyhow::anyhow!("--timeout {:?}: {e}", self.timeout))?;
+        let namespace = match scope {
+            tokens::Scope::Namespace(Some(ns)) => ns.clone(),
+            _ => client.default_namespace().to_owned(),
+        };
+        let to = reveal::destination(
+            self.print,
+            self.token_file.as_deref(),
+            std::io::stdout().is_terminal(),
+            || reveal::default_token_file(&namespace, name),
+        )?;
+        Ok(RevealPlan {
+            timeout,
+            to,
+            namespace,
+        })
+    }
+}
+
+/// Waits for the token of `name`, reveals it where `plan` says, acknowledges it.
 async fn reveal_new_token(
     client: &kube::Client,
     scope: &tokens::Scope,
     name: &str,
     awaited: &reveal::Awaited,
-    args: &RevealArgs,
+    plan: RevealPlan,
 ) -> Result<()> {
-    let timeout = patrol_api::duration::parse(&args.timeout)
-        .map_err(|e| anyhow::anyhow!("--timeout {:?}: {e}", args.timeout))?;
-    let namespace = match scope {
-        tokens::Scope::Namespace(Some(ns)) => ns.clone(),
-        _ => client.default_namespace().to_owned(),
-    };
-    let to = reveal::destination(
-        args.print,
-        args.token_file.as_deref(),
-        std::io::stdout().is_terminal(),
-        || reveal::default_token_file(&namespace, name),
-    )?;
+    let RevealPlan {
+        timeout,
+        to,
+        namespace,
+    } = plan;
     let pats = tokens::api(client, scope);
     let chatty = std::io::stderr().is_terminal();
     let pat = reveal::wait_revealable(&pats, name, awaited, timeout, |why| {
@@ -464,8 +487,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             new.object()?; // bad flags fail before anything is created
             with_kube(kube, async |client| {
+                let plan = reveal.plan(&client, &scope, &name)?;
                 tokens::create(&client, &scope, &new).await?;
-                reveal_new_token(&client, &scope, &name, &reveal::Awaited::default(), &reveal).await
+                reveal_new_token(&client, &scope, &name, &reveal::Awaited::default(), plan).await
             })?;
         }
         Command::Rotate {
@@ -476,6 +500,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let scope = namespaces.scope();
             with_kube(kube, async |client| {
+                let plan = reveal.plan(&client, &scope, &name)?;
                 let before = tokens::get(&client, &scope, &name).await?;
                 let request = Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true);
                 let after =
@@ -484,7 +509,7 @@ fn run(cli: Cli) -> Result<()> {
                     rotation_request: Some(after.rotation_request()),
                     replaced: before.status.and_then(|s| s.token_id),
                 };
-                reveal_new_token(&client, &scope, &name, &awaited, &reveal).await
+                reveal_new_token(&client, &scope, &name, &awaited, plan).await
             })?;
         }
         Command::Describe {

@@ -20,7 +20,7 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 use patrol_api::{
-    policy::PolicySet,
+    policy::{EffectivePolicy, PolicySet},
     v1alpha1::{PersonalAccessToken, TokenPolicy, TokenPolicyStatus},
     validation,
 };
@@ -68,12 +68,29 @@ pub const CONFLICTING: &str = "Conflicting";
 /// Namespaces named in one condition message at most.
 const NAMED_NAMESPACES: usize = 5;
 
-/// The conditions of `policy` among `set` (every policy), over the namespaces with these
-/// labels. A condition whose status is unchanged keeps its `lastTransitionTime`.
-pub fn conditions(
-    policy: &TokenPolicy,
+/// The rules of each namespace (by its labels, which name it): composed once per refresh
+/// and shared by every policy's conditions.
+pub fn per_namespace(
     set: &PolicySet,
     namespaces: &[BTreeMap<String, String>],
+) -> Vec<(String, EffectivePolicy)> {
+    namespaces
+        .iter()
+        .map(|labels| {
+            let name = labels
+                .get("kubernetes.io/metadata.name")
+                .cloned()
+                .unwrap_or_default();
+            (name, set.effective_for(labels))
+        })
+        .collect()
+}
+
+/// The conditions of `policy`, given the rules of every namespace ([`per_namespace`]). A
+/// condition whose status is unchanged keeps its `lastTransitionTime`.
+pub fn conditions(
+    policy: &TokenPolicy,
+    namespaces: &[(String, EffectivePolicy)],
     old: &[Condition],
     now: DateTime<Utc>,
 ) -> Vec<Condition> {
@@ -82,16 +99,11 @@ pub fn conditions(
     let errors = validation::validate_policy(&policy.spec);
     let mut selected = 0usize;
     let mut clashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for labels in namespaces {
-        let effective = set.effective_for(labels);
+    for (namespace, effective) in namespaces {
         if !effective.policies.contains(&name) {
             continue;
         }
         selected += 1;
-        let namespace = labels
-            .get("kubernetes.io/metadata.name")
-            .cloned()
-            .unwrap_or_default();
         for conflict in effective.conflicts() {
             if conflict.policies.contains(&name) {
                 clashes
@@ -235,6 +247,7 @@ async fn refresh(
             labels
         })
         .collect();
+    let rules = per_namespace(&set, &namespace_labels);
     let now = Utc::now();
     let (mut ready, mut invalid, mut conflicting) = (0, 0, 0);
     for policy in all {
@@ -244,7 +257,7 @@ async fn refresh(
             governed_tokens: governed,
             violating_tokens: violating,
             observed_generation: policy.metadata.generation,
-            conditions: conditions(&policy, &set, &namespace_labels, &old.conditions, now),
+            conditions: conditions(&policy, &rules, &old.conditions, now),
         };
         let is = |type_: &str| {
             desired
@@ -320,7 +333,7 @@ mod tests {
             namespace("n3", "y"),
         ];
         let now: DateTime<Utc> = "2026-12-03T12:00:00Z".parse().unwrap();
-        let got = conditions(&a, &set, &namespaces, &[], now);
+        let got = conditions(&a, &per_namespace(&set, &namespaces), &[], now);
         let ready = find(&got, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -332,7 +345,7 @@ mod tests {
 
         // Unchanged status keeps its transition time; a change takes the new one.
         let later: DateTime<Utc> = "2026-12-03T13:00:00Z".parse().unwrap();
-        let again = conditions(&a, &set, &namespaces, &got, later);
+        let again = conditions(&a, &per_namespace(&set, &namespaces), &got, later);
         assert_eq!(
             find(&again, READY).last_transition_time,
             ready.last_transition_time
@@ -348,7 +361,12 @@ mod tests {
         );
         let set = PolicySet::new([&bad, &selector]);
         let now = Utc::now();
-        let got = conditions(&bad, &set, &[namespace("n1", "x")], &[], now);
+        let got = conditions(
+            &bad,
+            &per_namespace(&set, &[namespace("n1", "x")]),
+            &[],
+            now,
+        );
         let ready = find(&got, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -359,7 +377,12 @@ mod tests {
             "{}",
             ready.message
         );
-        let got = conditions(&selector, &set, &[namespace("n1", "x")], &[], now);
+        let got = conditions(
+            &selector,
+            &per_namespace(&set, &[namespace("n1", "x")]),
+            &[],
+            now,
+        );
         assert_eq!(find(&got, READY).reason, "InvalidSelector");
     }
 
@@ -375,7 +398,7 @@ mod tests {
         let namespaces = [namespace("n1", "x"), namespace("n2", "y")];
         let now = Utc::now();
         for clashing in [&a, &b] {
-            let got = conditions(clashing, &set, &namespaces, &[], now);
+            let got = conditions(clashing, &per_namespace(&set, &namespaces), &[], now);
             let conflicting = find(&got, CONFLICTING);
             assert_eq!(
                 (conflicting.status.as_str(), conflicting.reason.as_str()),
@@ -394,7 +417,7 @@ mod tests {
                 conflicting.message
             );
         }
-        let got = conditions(&c, &set, &namespaces, &[], now);
+        let got = conditions(&c, &per_namespace(&set, &namespaces), &[], now);
         assert_eq!(
             find(&got, CONFLICTING).status,
             "False",

@@ -129,10 +129,20 @@ async fn create_reveals_a_token_usable_at_once_and_rotate_replaces_it() -> Resul
         stderr(&again)
     );
     // A bad flag: refused before anything is sent.
-    let bad = as_bob(&["create", "other", "--ttl", "forever", "--owner", &bob])?;
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("--ttl"), "{}", stderr(&bad));
-    assert!(pats.get_opt("other").await?.is_none());
+    for (flag, args) in [
+        ("--ttl", ["--ttl", "forever"]),
+        ("--timeout", ["--timeout", "soon"]),
+    ] {
+        let mut all = vec!["create", "other", "--owner", &bob];
+        all.extend(args);
+        let bad = as_bob(&all)?;
+        assert_eq!(bad.status.code(), Some(1));
+        assert!(stderr(&bad).contains(flag), "{}", stderr(&bad));
+        assert!(
+            pats.get_opt("other").await?.is_none(),
+            "{flag}: nothing created"
+        );
+    }
 
     // Rotate with a grace period, into a file: 0600, the new token, the old one still good.
     let dir = std::env::temp_dir().join(format!("patrol-e2e-cli-create-{}", std::process::id()));

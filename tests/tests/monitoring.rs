@@ -133,7 +133,9 @@ fn the_alerts_pass_promtool_and_the_chart_renders_them_and_the_dashboard_unchang
     );
     let file: Value = serde_yaml::from_str(&std::fs::read_to_string(root.join(ALERTS))?)?;
     assert_eq!(rules[0]["spec"], file, "the rendered rules are the file's");
-    let dir = std::env::temp_dir().join(format!("patrol-e2e-monitoring-{}", std::process::id()));
+    // Not the token service's directory (patrol-e2e-monitoring-<pid>): tests run at once.
+    let dir =
+        std::env::temp_dir().join(format!("patrol-e2e-rendered-rules-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let spec = dir.join("rendered-rules.yaml");
     std::fs::write(&spec, serde_yaml::to_string(&rules[0]["spec"])?)?;
