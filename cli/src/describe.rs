@@ -12,16 +12,18 @@ use k8s_openapi::{
 use kube::ResourceExt;
 use patrol_api::{time::from_k8s, v1alpha1::PersonalAccessToken};
 
-/// `at` against `now`, in the largest whole unit: "in 6d", "3h ago", "now".
+/// `at` against `now`, rounded in the largest fitting unit: "in 6d", "3h ago", "now". A
+/// 7-day token read a minute after issue expires "in 7d", not "in 6d".
 pub fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let seconds = (at - now).num_seconds();
     let magnitude = seconds.unsigned_abs();
+    let rounded = |unit: u64| (magnitude + unit / 2) / unit;
     let amount = match magnitude {
         0..5 => return "now".into(),
         5..120 => format!("{magnitude}s"),
-        120..7_200 => format!("{}m", magnitude / 60),
-        7_200..172_800 => format!("{}h", magnitude / 3_600),
-        _ => format!("{}d", magnitude / 86_400),
+        120..7_200 => format!("{}m", rounded(60)),
+        7_200..172_800 => format!("{}h", rounded(3_600)),
+        _ => format!("{}d", rounded(86_400)),
     };
     if seconds > 0 {
         format!("in {amount}")
@@ -327,6 +329,12 @@ mod tests {
         assert_eq!(relative(at("2026-12-03T11:30:00Z"), now), "30m ago");
         assert_eq!(relative(at("2026-12-03T15:00:00Z"), now), "in 3h");
         assert_eq!(relative(at("2026-12-10T12:00:00Z"), now), "in 7d");
+        assert_eq!(
+            relative(at("2026-12-10T11:59:00Z"), now),
+            "in 7d",
+            "rounded, not floored"
+        );
+        assert_eq!(relative(at("2026-12-07T01:00:00Z"), now), "in 4d");
     }
 
     #[test]
