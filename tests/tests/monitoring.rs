@@ -8,7 +8,9 @@ use anyhow::{Context, Result, ensure};
 use kube::{Api, api::PostParams};
 use patrol_api::v1alpha1::{PersonalAccessToken, Phase, TokenPolicy};
 use patrol_e2e::{
-    TestCluster, eventually,
+    TestCluster,
+    chart::Helm,
+    eventually,
     operator::{Operator, OperatorOptions, delivered_token, wait_for_phase},
     repo_root,
     token_service::{KUBE_AUDIENCE, TokenService, stderr},
@@ -89,43 +91,31 @@ fn the_alerts_pass_promtool_and_the_chart_renders_them_and_the_dashboard_unchang
     )?;
     assert!(tested.contains("SUCCESS"), "{tested}");
 
-    let rendered = run_ok(
-        Command::new(tool(cluster, "helm")?)
-            .args([
-                "template",
-                "monitoring",
-                "charts/patrol",
-                "--namespace",
-                "patrol-system",
-                "--set",
-                "prometheusRule.enabled=true",
-                "--set",
-                "prometheusRule.labels.release=kube-prometheus-stack",
-                "--set",
-                "grafanaDashboard.enabled=true",
-                "--set",
-                "podMonitor.enabled=true",
-                "--set",
-                "podMonitor.scrapeTimeout=10s",
-                "--set",
-                "podMonitor.metricRelabelings[0].action=drop",
-                "--set",
-                "podMonitor.metricRelabelings[0].sourceLabels[0]=__name__",
-                "--set",
-                "podMonitor.metricRelabelings[0].regex=go_.*",
-            ])
-            .current_dir(&root),
+    let manifest = Helm::for_cluster(cluster)?.template(
+        "monitoring",
+        "patrol-system",
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.labels.release=kube-prometheus-stack",
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "podMonitor.enabled=true",
+            "--set",
+            "podMonitor.scrapeTimeout=10s",
+            "--set",
+            "podMonitor.metricRelabelings[0].action=drop",
+            "--set",
+            "podMonitor.metricRelabelings[0].sourceLabels[0]=__name__",
+            "--set",
+            "podMonitor.metricRelabelings[0].regex=go_.*",
+        ],
     )?;
-    let docs: Vec<Value> = rendered
-        .split("\n---")
-        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
-        .filter(|d| d.is_object())
-        .collect();
-    let of_kind =
-        |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
 
     // The PrometheusRule's spec is the rule file, and promtool accepts it as rendered.
-    let rules = of_kind("PrometheusRule");
+    let rules = manifest.all("PrometheusRule");
     ensure!(rules.len() == 1, "one PrometheusRule: {}", rules.len());
     assert_eq!(
         rules[0]["metadata"]["labels"]["release"],
@@ -142,7 +132,7 @@ fn the_alerts_pass_promtool_and_the_chart_renders_them_and_the_dashboard_unchang
     run_ok(Command::new(&promtool).arg("check").arg("rules").arg(&spec))?;
 
     // The dashboard ConfigMap carries the JSON as it is, labelled for Grafana's sidecar.
-    let maps = of_kind("ConfigMap");
+    let maps = manifest.all("ConfigMap");
     let dashboard = maps
         .iter()
         .find(|m| m["data"]["patrol.json"].is_string())
@@ -154,7 +144,7 @@ fn the_alerts_pass_promtool_and_the_chart_renders_them_and_the_dashboard_unchang
     assert_eq!(carried, committed);
 
     // PodMonitors for both components, with the scrape settings given; no ServiceMonitor.
-    let monitors = of_kind("PodMonitor");
+    let monitors = manifest.all("PodMonitor");
     assert_eq!(monitors.len(), 2);
     for monitor in &monitors {
         let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
@@ -164,12 +154,9 @@ fn the_alerts_pass_promtool_and_the_chart_renders_them_and_the_dashboard_unchang
             "{monitor}"
         );
     }
-    let webhook = monitors
-        .iter()
-        .find(|m| m["metadata"]["name"] == "monitoring-patrol-webhook")
-        .context("webhook PodMonitor")?;
+    let webhook = manifest.get("PodMonitor", "monitoring-patrol-webhook")?;
     assert_eq!(webhook["spec"]["podMetricsEndpoints"][0]["scheme"], "https");
-    assert!(of_kind("ServiceMonitor").is_empty());
+    assert!(manifest.all("ServiceMonitor").is_empty());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
