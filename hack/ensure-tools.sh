@@ -24,6 +24,16 @@ if ((${#missing[@]})); then
     echo "missing: ${apt_pkgs[*]}; install them with your package manager" >&2; exit 1
   fi
 fi
+# A PostgreSQL server for the database provider's tests (tests/src/postgres.rs starts one
+# per test from /usr/lib/postgresql/<version>/bin; the package also brings psql and the
+# postgres OS user the server runs as when the tests run as root).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+  else
+    echo "missing: a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb); install the postgresql package" >&2; exit 1
+  fi
+fi
 # `ensure-tools.sh python`: a Python with PyJWT (examples/clients/verify_jwt.py), in a
 # virtualenv in the cache; prints its interpreter.
 if [[ ${1:-} == python ]]; then

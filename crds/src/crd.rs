@@ -2,7 +2,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::v1alpha1::{PersonalAccessToken, TokenPolicy, TokenScope};
+use crate::v1alpha1::{CredentialProvider, PersonalAccessToken, TokenPolicy, TokenScope};
 
 /// File name and YAML document for every CRD, in a stable order.
 pub fn all() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
@@ -16,6 +16,10 @@ pub fn all() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
             render(&TokenPolicy::crd())?,
         ),
         ("patrol.dev_tokenscopes.yaml", render(&TokenScope::crd())?),
+        (
+            "patrol.dev_credentialproviders.yaml",
+            render(&CredentialProvider::crd())?,
+        ),
     ])
 }
 

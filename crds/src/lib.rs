@@ -4,6 +4,7 @@
 pub mod attestation;
 pub mod crd;
 pub mod duration;
+pub mod lease;
 pub mod policy;
 pub mod record;
 pub mod reference;

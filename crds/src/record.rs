@@ -45,6 +45,13 @@ pub struct PatReference {
     pub uid: String,
 }
 
+/// An object in a namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NamespacedName {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// What an exchange of this token may produce.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -91,6 +98,10 @@ pub struct TokenRecord {
     pub pat: PatReference,
     #[serde(default)]
     pub exchange: ExchangeGrant,
+    /// The ServiceAccount whose tokens an exchange may mint for this token
+    /// (`spec.credentials.serviceAccount`, its namespace filled in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<NamespacedName>,
     /// The rotation request this token answered, so a crash after delivering it does not
     /// rotate twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +242,7 @@ mod tests {
                 max_ttl_seconds: 3_600,
                 ..ExchangeGrant::default()
             },
+            service_account: None,
             rotation_request: None,
         }
     }

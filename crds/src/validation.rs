@@ -691,6 +691,7 @@ mod tests {
                 audiences: vec!["https://kubernetes.default.svc".into()],
                 allowed_actors: vec!["system:serviceaccount:ci:runner".into()],
             }),
+            credentials: None,
         }
     }
 

@@ -7,3 +7,4 @@ pub mod metrics;
 pub mod policy_status;
 pub mod reconciler;
 pub mod run;
+pub mod sweep;

@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use patrol_api::time::{from_k8s, to_k8s};
 use patrol_api::{
     policy::{EffectivePolicy, ResolvedToken},
-    record::{ExchangeGrant, PatReference, TokenRecord},
+    record::{ExchangeGrant, NamespacedName, PatReference, TokenRecord},
     v1alpha1::{
         PersonalAccessToken, PersonalAccessTokenStatus, Phase, PreviousToken, Retention,
         SecretReference,
@@ -154,6 +154,7 @@ pub fn new_record(
             uid: pat.metadata.uid.clone().unwrap_or_default(),
         },
         exchange: ExchangeGrant::default(),
+        service_account: None,
         rotation_request: Some(pat.rotation_request()),
     };
     apply_claims(&mut record, pat, policy, &resolved);
@@ -230,6 +231,11 @@ pub fn narrow_only(
         held.push("exchange lifetime");
         kept.exchange.max_ttl_seconds = now.max_ttl_seconds;
     }
+    // Another ServiceAccount is other rights, not fewer: only dropping it applies live.
+    if desired.service_account.is_some() && desired.service_account != current.service_account {
+        held.push("credentials ServiceAccount");
+        kept.service_account = current.service_account.clone();
+    }
     (kept, held)
 }
 
@@ -251,6 +257,19 @@ fn apply_claims(
     resolved: &ResolvedToken,
 ) {
     record.owner = pat.spec.owner.clone().unwrap_or_default();
+    record.service_account = pat
+        .spec
+        .credentials
+        .as_ref()
+        .and_then(|c| c.service_account.as_ref())
+        .map(|sa| NamespacedName {
+            namespace: sa
+                .namespace
+                .clone()
+                .or_else(|| pat.metadata.namespace.clone())
+                .unwrap_or_default(),
+            name: sa.name.clone(),
+        });
     record.scopes = resolved.granted_scopes.clone();
     // Once scoped, always scoped: emptying spec.scopes must not turn a restricted token
     // into one with its owner's full rights.

@@ -67,6 +67,9 @@ pub struct Metrics {
     states: Mutex<HashMap<String, TokenState>>,
     leader: Gauge,
     policies: Family<StateLabels, Gauge>,
+    revocations: Family<ReasonLabels, Counter>,
+    leases: Gauge,
+    sweep_failures: Gauge,
 }
 
 /// Every `reason` of `patrol_operator_reconcile_errors_total` (see `Error::metric_label`).
@@ -157,7 +160,31 @@ impl Default for Metrics {
         for result in ["ok", "error"] {
             let _ = reconciles.get_or_create(&ResultLabels { result });
         }
+        let revocations = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "credential_revocations",
+            "Associated credentials revoked by the sweep, by reason (expired, orphaned: the token ended)",
+            revocations.clone(),
+        );
+        for reason in ["expired", "orphaned"] {
+            let _ = revocations.get_or_create(&ReasonLabels { reason });
+        }
+        let leases = Gauge::default();
+        registry.register(
+            "credential_leases",
+            "Associated credentials minted and not yet revoked, at the last sweep",
+            leases.clone(),
+        );
+        let sweep_failures = Gauge::default();
+        registry.register(
+            "credential_sweep_failures",
+            "Leases the last sweep could not revoke (a database or the Kubernetes API did not answer)",
+            sweep_failures.clone(),
+        );
         Self {
+            revocations,
+            leases,
+            sweep_failures,
             registry,
             reconciles,
             errors,
@@ -172,6 +199,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn swept(&self, sweep: &patrol_credentials::revoke::Sweep) {
+        for (reason, n) in [("expired", sweep.expired), ("orphaned", sweep.orphaned)] {
+            self.revocations
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(n as u64);
+        }
+        let active: u32 = sweep.active.iter().map(|(_, n)| n).sum();
+        self.leases.set(i64::from(active));
+        self.sweep_failures.set(sweep.failed as i64);
+    }
+
     pub fn reconcile_done(&self, took: Duration, error: Option<&'static str>) {
         self.duration.observe(took.as_secs_f64());
         let result = if error.is_some() { "error" } else { "ok" };

@@ -68,6 +68,8 @@ pub struct Context {
     /// Secret (in `namespace`) with the key admission attests owners with; `None`: owners
     /// are trusted unattested (only for clusters without patrol-webhook's admission).
     pub owner_attestation: Option<String>,
+    /// Database connections for revoking associated credentials.
+    pub admins: Arc<patrol_credentials::providers::AdminPool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -462,12 +464,23 @@ async fn delete_record(ctx: &Context, token_id: &str) -> Result<(), Error> {
         )
         .await
     {
-        Ok(_) => {
-            info!(token_id, "token record deleted");
-            Ok(())
-        }
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(_) => info!(token_id, "token record deleted"),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    revoke_credentials(ctx, token_id).await;
+    Ok(())
+}
+
+/// Revokes the associated credentials minted for a token that just ended. What cannot be
+/// revoked now (a database down) is left to the sweep, which finds the lease orphaned.
+async fn revoke_credentials(ctx: &Context, token_id: &str) {
+    match patrol_credentials::revoke::revoke_token(&ctx.client, &ctx.admins, &ctx.namespace, token_id)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => info!(token_id, credentials = n, "associated credentials revoked"),
+        Err(e) => warn!(token_id, error = %e, "cannot revoke associated credentials now; the sweep retries"),
     }
 }
 

@@ -114,6 +114,16 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         .touched_objects()
         .filter_map(|r| future::ready(r.ok()));
 
+    let admins = Arc::new(patrol_credentials::providers::AdminPool::new(
+        client.clone(),
+        settings.namespace.clone(),
+    ));
+    let sweep_task = tokio::spawn(crate::sweep::run(
+        client.clone(),
+        admins.clone(),
+        settings.namespace.clone(),
+        metrics.clone(),
+    ));
     let reporter = Reporter {
         controller: "patrol-operator".into(),
         instance: Some(settings.identity.clone()),
@@ -132,6 +142,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         owner_attestation: settings.owner_attestation.clone(),
+        admins: admins.clone(),
     });
 
     let resource = ApiResource::from_gvk_with_plural(
@@ -212,11 +223,13 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
             error!("lost leadership; exiting so a fresh process can compete again");
             metrics.set_leader(false);
             policy_task.abort();
+            sweep_task.abort();
             server.abort();
             std::process::exit(1);
         }
     }
     policy_task.abort();
+    sweep_task.abort();
     server.abort();
     Ok(())
 }

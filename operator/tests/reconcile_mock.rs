@@ -116,6 +116,7 @@ fn stored_record(token_id: &str) -> TokenRecord {
             max_ttl_seconds: 3_600,
             ..ExchangeGrant::default()
         },
+        service_account: None,
         rotation_request: Some("spec=;annotation=".into()),
     }
 }
@@ -137,6 +138,10 @@ fn context() -> (Arc<Context>, ApiServerVerifier) {
         hash_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         policies,
         namespaces,
+        admins: Arc::new(patrol_credentials::providers::AdminPool::new(
+            client.clone(),
+            RECORDS_NS,
+        )),
         recorder: Recorder::new(
             client,
             Reporter {
@@ -595,6 +600,23 @@ impl ApiServerVerifier {
                 ),
             );
             call.reply(StatusCode::OK, &success());
+            // Then its associated credentials: the leases labelled with its id.
+            let step = format!("list the leases of {}", r.token_id);
+            let call = self.next(&step).await;
+            call.expect(
+                &step,
+                Method::GET,
+                &format!("/api/v1/namespaces/{RECORDS_NS}/secrets"),
+            );
+            assert_eq!(
+                call.param("labelSelector"),
+                Some(patrol_api::lease::selector_for_token(&r.token_id).as_str()),
+                "{step}: selector"
+            );
+            call.reply(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": []}),
+            );
         }
         let meta = json!({
             "apiVersion": "meta.k8s.io/v1",

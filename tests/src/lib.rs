@@ -25,6 +25,7 @@ pub mod cli;
 pub mod load;
 pub mod node;
 pub mod operator;
+pub mod postgres;
 pub mod process;
 pub mod token_service;
 

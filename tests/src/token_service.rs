@@ -278,6 +278,7 @@ impl TokenService {
                 allowed_actors: Vec::new(),
                 max_ttl_seconds: 900,
             },
+            service_account: None,
             rotation_request: None,
         };
         Api::<Secret>::namespaced(client, &self.records.name)

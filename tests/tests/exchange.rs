@@ -419,6 +419,7 @@ impl Env {
                 uid: pat.uid().context("uid")?,
             },
             exchange,
+            service_account: None,
             rotation_request: None,
         };
         let secrets: Api<Secret> = Api::namespaced(client, &self.records.name);

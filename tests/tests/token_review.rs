@@ -275,6 +275,7 @@ impl Env {
                 max_ttl_seconds: 3_600,
                 ..ExchangeGrant::default()
             },
+            service_account: None,
             rotation_request: None,
         };
         let secrets: Api<Secret> = Api::namespaced(client, &self.records.name);

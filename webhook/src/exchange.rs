@@ -44,6 +44,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use patrol_api::v1alpha1::CREDENTIALS_SCOPE;
+pub use patrol_credentials::CredentialsRequest;
+use patrol_credentials::AssociatedCredentials;
+
 use crate::{
     index::IndexedRecord,
     oauth::{ErrorCode, Form, GRANT_TOKEN_EXCHANGE, OAuthError, is_valid_client_id},
@@ -324,6 +328,9 @@ pub struct ExchangedClaims {
 #[derive(Debug, Clone)]
 pub struct ExchangePolicy<'a> {
     pub issuer: &'a str,
+    /// Audience of tokens whose request, PAT and policies name none
+    /// (`--default-audience`); without it such a request is refused.
+    pub default_audience: Option<&'a str>,
     /// Prefix of scope groups, as in TokenReview answers.
     pub scope_group_prefix: &'a str,
     /// No token lives longer than this.
@@ -336,6 +343,8 @@ pub struct Decision {
     pub claims: ExchangedClaims,
     pub issued_token_type: IssuedTokenType,
     pub expires_in: u64,
+    /// Associated credentials to mint beside the token, when asked for.
+    pub credentials: Option<CredentialsRequest>,
 }
 
 /// The RFC 8693 §2.2.1 response.
@@ -348,6 +357,9 @@ pub struct TokenResponse {
     pub expires_in: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Associated credentials, when asked for (see [`AssociatedCredentials`]).
+    #[serde(flatten)]
+    pub credentials: AssociatedCredentials,
 }
 
 fn expose<S: serde::Serializer>(token: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -364,6 +376,7 @@ impl Decision {
             token_type: "Bearer",
             expires_in: self.expires_in,
             scope: self.claims.scope.clone(),
+            credentials: AssociatedCredentials::default(),
         }
     }
 }
@@ -399,12 +412,16 @@ pub fn decide(
     }
 
     let targets = if request.targets.is_empty() {
-        let default = grant.default_audience.clone().ok_or_else(|| {
-            OAuthError::invalid_request(
-                "an audience or resource is required: this token has no default audience",
-            )
-        })?;
-        vec![default]
+        let default = grant
+            .default_audience
+            .as_deref()
+            .or(policy.default_audience)
+            .ok_or_else(|| {
+                OAuthError::invalid_request(
+                    "an audience or resource is required: neither this token nor the service has a default audience",
+                )
+            })?;
+        vec![default.to_owned()]
     } else {
         request.targets.clone()
     };
@@ -418,12 +435,20 @@ pub fn decide(
     }
 
     let granted: Vec<&str> = record.scopes().collect();
-    let scopes: Vec<&str> = match &request.scope {
+    let (credentials, requested) = split_credentials(request.scope.as_deref());
+    // Asking for credentials is a request, not a narrowing: a token without scopes may do
+    // all its owner may, credentials included; a scoped one needs the `credentials` scope.
+    if credentials.is_some() && record.is_scoped() && !granted.contains(&CREDENTIALS_SCOPE) {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidScope,
+            "this token does not hold the credentials scope",
+        ));
+    }
+    let scopes: Vec<&str> = match requested {
         None => granted,
         Some(requested) => {
             let kept: Vec<&str> = requested
-                .iter()
-                .map(String::as_str)
+                .into_iter()
                 .filter(|s| granted.contains(s))
                 .collect();
             if kept.is_empty() {
@@ -486,7 +511,33 @@ pub fn decide(
         claims,
         issued_token_type: request.requested_token_type,
         expires_in: lifetime,
+        credentials,
     })
+}
+
+/// Separates the credential requests (`credentials`, `credentials:<provider>`) from the
+/// scopes that narrow the token. `None` scopes: none sent besides credential requests.
+fn split_credentials(scope: Option<&[String]>) -> (Option<CredentialsRequest>, Option<Vec<&str>>) {
+    let Some(scope) = scope else {
+        return (None, None);
+    };
+    let mut credentials: Option<CredentialsRequest> = None;
+    let mut rest = Vec::new();
+    for s in scope {
+        if s == CREDENTIALS_SCOPE {
+            credentials = Some(CredentialsRequest::All);
+        } else if let Some(name) = s.strip_prefix("credentials:").filter(|n| !n.is_empty()) {
+            match &mut credentials {
+                Some(CredentialsRequest::All) => {}
+                Some(CredentialsRequest::Providers(names)) => names.push(name.to_owned()),
+                None => credentials = Some(CredentialsRequest::Providers(vec![name.to_owned()])),
+            }
+        } else {
+            rest.push(s.as_str());
+        }
+    }
+    let rest = (!rest.is_empty()).then_some(rest);
+    (credentials, rest)
 }
 
 /// A fresh `jti`: 128 random bits, base64url.
@@ -529,6 +580,7 @@ mod tests {
 
     const POLICY: ExchangePolicy<'static> = ExchangePolicy {
         issuer: "https://patrol.example",
+        default_audience: None,
         scope_group_prefix: "patrol:scope:",
         max_token_ttl: Duration::from_secs(86_400),
     };
@@ -554,6 +606,66 @@ mod tests {
 
     fn code(result: Result<impl std::fmt::Debug, OAuthError>) -> ErrorCode {
         result.unwrap_err().code
+    }
+
+    #[test]
+    fn the_service_default_audience_serves_a_token_and_request_that_name_none() {
+        let bare = indexed(|r| {
+            r.exchange.audiences = None;
+            r.exchange.default_audience = None;
+        });
+        let refused = decide_with(&bare, "", None).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidRequest);
+        let policy = ExchangePolicy {
+            default_audience: Some("patrol"),
+            ..POLICY
+        };
+        let d = decide(&bare, &request("").unwrap(), None, &policy, now(), "j".into()).unwrap();
+        assert_eq!(d.claims.aud, Audience::One("patrol".into()));
+        // The PAT's own default still comes first.
+        let own = indexed(|_| {});
+        let d = decide(&own, &request("").unwrap(), None, &policy, now(), "j".into()).unwrap();
+        assert_eq!(d.claims.aud, Audience::One("kubernetes-patrol".into()));
+    }
+
+    #[test]
+    fn asking_for_credentials_requests_them_without_narrowing_the_token() {
+        // Unscoped: may do all its owner may, credentials included.
+        let unscoped = indexed(|r| {
+            r.scopes.clear();
+            r.scoped = false;
+        });
+        let d = decide_with(&unscoped, "&scope=credentials", None).unwrap();
+        assert_eq!(d.credentials, Some(CredentialsRequest::All));
+        assert_eq!(d.claims.scope, None, "still unscoped");
+
+        // Scoped without the credentials scope: refused, not silently empty.
+        assert_eq!(
+            code(decide_with(&indexed(|_| {}), "&scope=credentials", None)),
+            ErrorCode::InvalidScope
+        );
+
+        // Scoped with it: credentials, and the token keeps all its scopes.
+        let holder = indexed(|r| r.scopes = vec!["credentials".into(), "read:pods".into()]);
+        let d = decide_with(&holder, "&scope=credentials", None).unwrap();
+        assert_eq!(d.credentials, Some(CredentialsRequest::All));
+        assert_eq!(d.claims.scope.as_deref(), Some("credentials read:pods"));
+
+        // Naming providers, beside a narrowing scope.
+        let d = decide_with(
+            &holder,
+            "&scope=credentials%3Aanalytics+read%3Apods+credentials%3Aci",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            d.credentials,
+            Some(CredentialsRequest::Providers(vec!["analytics".into(), "ci".into()]))
+        );
+        assert_eq!(d.claims.scope.as_deref(), Some("read:pods"));
+
+        // Not asked: none.
+        assert_eq!(decide_with(&holder, "", None).unwrap().credentials, None);
     }
 
     #[test]

@@ -25,8 +25,9 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use patrol_api::{
-    record::{ExchangeGrant, PatReference, RecordError, TokenRecord},
+    record::{ExchangeGrant, NamespacedName, PatReference, RecordError, TokenRecord},
     token::TokenId,
+    v1alpha1::TokenOwner,
 };
 use tracing::{debug, error, info, warn};
 
@@ -51,6 +52,8 @@ pub struct IndexedRecord {
     expires_at: Option<DateTime<Utc>>,
     idle_timeout_seconds: Option<u64>,
     exchange: Box<ExchangeGrant>,
+    /// The ServiceAccount credentials may be minted for (rare: boxed to keep records small).
+    service_account: Option<Box<NamespacedName>>,
     /// Name of the Secret this record came from (shared with the index's name map).
     secret: Arc<str>,
     /// Last use of the token known to this replica, unix seconds (0: none known).
@@ -81,6 +84,7 @@ impl IndexedRecord {
             idle_timeout_seconds,
             pat,
             exchange,
+            service_account,
             ..
         } = record;
         let scoped = scoped || !scopes.is_empty();
@@ -110,6 +114,7 @@ impl IndexedRecord {
             expires_at,
             idle_timeout_seconds,
             exchange: Box::new(exchange),
+            service_account: service_account.map(Box::new),
             secret: secret.into(),
             last_used: AtomicI64::new(0),
             idle_confirmed: AtomicBool::new(false),
@@ -185,6 +190,20 @@ impl IndexedRecord {
 
     pub fn idle_timeout_seconds(&self) -> Option<u64> {
         self.idle_timeout_seconds
+    }
+
+    /// The ServiceAccount the PAT names for credentials (`spec.credentials.serviceAccount`).
+    pub fn service_account(&self) -> Option<&NamespacedName> {
+        self.service_account.as_deref()
+    }
+
+    /// The owner, as the record states it.
+    pub fn owner(&self) -> TokenOwner {
+        TokenOwner {
+            username: self.username().to_owned(),
+            uid: self.uid().map(str::to_owned),
+            groups: self.groups().map(str::to_owned).collect(),
+        }
     }
 
     pub fn exchange(&self) -> &ExchangeGrant {
@@ -548,6 +567,7 @@ pub(crate) mod tests {
                 uid: "pat-uid".into(),
             },
             exchange: ExchangeGrant::default(),
+            service_account: None,
             rotation_request: None,
         }
     }

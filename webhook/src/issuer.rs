@@ -13,8 +13,15 @@ use chrono::Utc;
 use http::HeaderValue;
 use tracing::{debug, info, warn};
 
+use patrol_credentials::{
+    AssociatedCredentials, CredentialsRequest,
+    providers::{MintError, Providers, Subject},
+};
+
 use crate::{
+    admission::cluster::ClusterView,
     exchange::{self, ExchangePolicy, SUBJECT_REJECTED, TokenResponse},
+    index::IndexedRecord,
     introspect::{self, Introspection, JwtInactive, Shape},
     jwt,
     limiter::ClientKey,
@@ -29,8 +36,16 @@ use crate::{
 /// Most introspection callers remembered at once.
 const CALLER_CACHE_ENTRIES: usize = 10_000;
 
+/// What minting associated credentials needs: the providers, and namespace labels (which
+/// providers select a PAT's namespace).
+pub struct CredentialMinting {
+    pub providers: Arc<Providers>,
+    pub cluster: Arc<dyn ClusterView>,
+}
+
 pub struct Issuer {
     settings: OAuthSettings,
+    credentials: Option<CredentialMinting>,
     metadata: ProviderMetadata,
     keys: Arc<SigningKeys>,
     validator: Arc<Validator>,
@@ -56,6 +71,7 @@ impl Issuer {
         let callers = CallerCache::new(settings.caller_cache_ttl, CALLER_CACHE_ENTRIES)?;
         Some(Self {
             metadata: ProviderMetadata::new(&settings),
+            credentials: None,
             settings,
             keys,
             validator,
@@ -64,6 +80,12 @@ impl Issuer {
             callers,
             metrics,
         })
+    }
+
+    /// Mints associated credentials from these providers when a client asks.
+    pub fn with_credentials(mut self, minting: CredentialMinting) -> Self {
+        self.credentials = Some(minting);
+        self
     }
 
     pub fn metadata(&self) -> &ProviderMetadata {
@@ -176,6 +198,7 @@ impl Issuer {
 
         let policy = ExchangePolicy {
             issuer: &self.settings.issuer,
+            default_audience: self.settings.default_audience.as_deref(),
             scope_group_prefix: &self.identity.scope_group_prefix,
             max_token_ttl: self.settings.max_token_ttl,
         };
@@ -194,6 +217,10 @@ impl Issuer {
             warn!(error = %e, "cannot sign an exchanged token");
             OAuthError::unavailable("the token could not be signed; retry")
         })?;
+        let mut response = decision.response(token);
+        if let Some(request) = &decision.credentials {
+            response.credentials = self.mint(&record, &decision, request, now).await?;
+        }
         info!(
             token_id = %record.id,
             jti = %decision.claims.jti,
@@ -202,9 +229,60 @@ impl Issuer {
             actor = decision.claims.act.as_ref().map(|a| a.sub.as_str()),
             client_id = decision.claims.client_id.as_deref(),
             expires_in = decision.expires_in,
+            credentials = response.credentials.0.len(),
             "token exchanged"
         );
-        Ok(decision.response(token))
+        Ok(response)
+    }
+
+    /// The associated credentials of an exchange: all the asked-for providers' or none.
+    async fn mint(
+        &self,
+        record: &IndexedRecord,
+        decision: &exchange::Decision,
+        request: &CredentialsRequest,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<AssociatedCredentials, OAuthError> {
+        let Some(minting) = &self.credentials else {
+            return match request {
+                CredentialsRequest::All => Ok(AssociatedCredentials::default()),
+                CredentialsRequest::Providers(_) => Err(mint_error(&MintError::UnknownProvider(String::new()))),
+            };
+        };
+        let labels = minting
+            .cluster
+            .namespace_labels(record.pat_namespace())
+            .await
+            .map_err(|e| {
+                warn!(token_id = %record.id, error = %e, "namespace labels unavailable for credentials");
+                OAuthError::unavailable("the token's namespace cannot be read right now; retry shortly")
+            })?;
+        let owner = record.owner();
+        let subject = Subject {
+            token_id: &record.id.to_string(),
+            pat: record.pat(),
+            owner: &owner,
+            service_account: record
+                .service_account()
+                .map(|sa| (sa.namespace.as_str(), sa.name.as_str())),
+            jti: &decision.claims.jti,
+            expires_at: chrono::DateTime::from_timestamp(decision.claims.exp, 0).unwrap_or(now),
+        };
+        let started = std::time::Instant::now();
+        match minting.providers.mint(&subject, request, &labels, now).await {
+            Ok(issued) => {
+                for one in &issued {
+                    debug!(token_id = %record.id, provider = %one.provider, lease = %one.lease_id, "credential minted");
+                }
+                self.metrics.record_credentials("minted", started.elapsed());
+                Ok(AssociatedCredentials(issued))
+            }
+            Err(e) => {
+                warn!(token_id = %record.id, error = %e, "no credentials minted; exchange refused");
+                self.metrics.record_credentials(e.outcome(), started.elapsed());
+                Err(mint_error(&e))
+            }
+        }
     }
 
     /// `POST /oauth2/introspect`.
@@ -373,6 +451,33 @@ fn auth_scheme(value: &HeaderValue) -> &str {
         .and_then(|v| v.split(' ').next())
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         .unwrap_or("Basic")
+}
+
+/// The OAuth answer to a failed mint: a fixed description per case.
+fn mint_error(e: &MintError) -> OAuthError {
+    match e {
+        MintError::NotReady => {
+            OAuthError::unavailable("the credential providers have not been loaded yet; retry shortly")
+        }
+        MintError::UnknownProvider(_) => OAuthError::new(
+            ErrorCode::InvalidScope,
+            "a requested credential provider does not exist or is not available to this token",
+        ),
+        MintError::NoServiceAccount(_) => OAuthError::new(
+            ErrorCode::InvalidScope,
+            "ServiceAccount credentials need spec.credentials.serviceAccount on the PersonalAccessToken",
+        ),
+        MintError::NotImpersonable { .. } => OAuthError::new(
+            ErrorCode::InvalidScope,
+            "the token's owner may not impersonate the ServiceAccount its PersonalAccessToken names",
+        ),
+        MintError::Misconfigured { .. } => OAuthError::unavailable(
+            "a credential provider is misconfigured; an administrator can see why in kubectl describe credentialprovider and the token service's log",
+        ),
+        MintError::Unavailable { .. } => OAuthError::unavailable(
+            "a credential provider cannot mint right now (its database or the Kubernetes API did not answer); retry shortly",
+        ),
+    }
 }
 
 fn unavailable(why: Unavailable) -> OAuthError {

@@ -108,6 +108,12 @@ struct Args {
     /// key stays published this long (plus 5m of clock skew).
     #[arg(long, default_value = "24h", value_parser = duration)]
     max_exchanged_token_ttl: Duration,
+    /// Audience of exchanged tokens when the request names none and neither the PAT nor
+    /// its policies set a default (clients that send no audience, such as the seed
+    /// platform's SDK). Empty: such requests are refused. Published in discovery as
+    /// `patrol_default_audience`.
+    #[arg(long, env = "PATROL_DEFAULT_AUDIENCE", default_value = "")]
+    default_audience: String,
     /// Largest /oauth2/token or /oauth2/introspect body, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     oauth_body_limit: usize,
@@ -199,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
                     args.signing_key_rotation,
                     args.max_exchanged_token_ttl,
                 )
+                .and_then(|s| s.with_default_audience(Some(args.default_audience.clone())))
                 .map_err(anyhow::Error::msg)?,
             ),
         },

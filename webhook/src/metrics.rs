@@ -114,6 +114,8 @@ pub struct Metrics {
     pub authorizations: Family<AuthorizationLabels, Counter>,
     pub scope_catalog_scopes: Gauge,
     pub scope_catalog_synced: Gauge,
+    pub credential_mints: Family<ResultLabels, Counter>,
+    pub credential_mint_duration: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -291,6 +293,18 @@ impl Default for Metrics {
             "1 once the TokenScope and ClusterRole caches have synced",
             scope_catalog_synced.clone(),
         );
+        let credential_mints = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "credential_mints",
+            "Exchanges that asked for associated credentials, by result (minted, not_ready, unknown_provider, no_service_account, not_impersonable, misconfigured, unavailable)",
+            credential_mints.clone(),
+        );
+        let credential_mint_duration = latency_histogram();
+        registry.register(
+            "credential_mint_duration_seconds",
+            "Time to mint an exchange's associated credentials (leases, TokenRequests, database roles)",
+            credential_mint_duration.clone(),
+        );
         let metrics = Self {
             registry,
             requests,
@@ -320,6 +334,8 @@ impl Default for Metrics {
             authorizations,
             scope_catalog_scopes,
             scope_catalog_synced,
+            credential_mints,
+            credential_mint_duration,
         };
         metrics.zero_alerted_series();
         metrics
@@ -423,6 +439,13 @@ impl Metrics {
         self.oauth_requests
             .get_or_create(&OAuthLabels { endpoint, outcome })
             .inc();
+    }
+
+    pub fn record_credentials(&self, result: &'static str, took: std::time::Duration) {
+        self.credential_mints
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.credential_mint_duration.observe(took.as_secs_f64());
     }
 
     pub fn record_upstream_review(&self, kind: &'static str, result: &'static str) {

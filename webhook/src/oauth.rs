@@ -46,6 +46,9 @@ pub struct OAuthSettings {
     pub max_token_ttl: Duration,
     /// How long an authenticated and authorized introspection caller is remembered.
     pub caller_cache_ttl: Duration,
+    /// Audience of exchanged tokens when neither the request nor the PAT and its policies
+    /// name one (`--default-audience`). Published in the discovery document.
+    pub default_audience: Option<String>,
 }
 
 impl OAuthSettings {
@@ -76,7 +79,21 @@ impl OAuthSettings {
             },
             max_token_ttl,
             caller_cache_ttl: Duration::from_secs(10),
+            default_audience: None,
         })
+    }
+
+    /// Sets the service-wide default audience; empty means none.
+    pub fn with_default_audience(mut self, audience: Option<String>) -> Result<Self, String> {
+        match audience.filter(|a| !a.is_empty()) {
+            Some(a) if a.len() > crate::exchange::MAX_TARGET_LEN || a.chars().any(char::is_control) => {
+                Err(format!("the default audience {a:?} is too long or holds control characters"))
+            }
+            audience => {
+                self.default_audience = audience;
+                Ok(self)
+            }
+        }
     }
 
     pub fn endpoint(&self, path: &str) -> String {
@@ -129,6 +146,13 @@ pub struct ProviderMetadata {
     pub id_token_signing_alg_values_supported: Vec<&'static str>,
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
     pub claims_supported: Vec<&'static str>,
+    /// Scopes with a meaning of their own here: `credentials` asks for associated
+    /// credentials (every other scope is a PAT's own).
+    pub scopes_supported: Vec<&'static str>,
+    /// The audience of exchanged tokens when the request names none and the PAT has no
+    /// default (Patrol's extension; absent when the service has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patrol_default_audience: Option<String>,
 }
 
 impl ProviderMetadata {
@@ -159,6 +183,8 @@ impl ProviderMetadata {
                 crate::exchange::CLAIM_TOKEN_ID,
                 crate::exchange::CLAIM_PAT,
             ],
+            scopes_supported: vec![patrol_api::v1alpha1::CREDENTIALS_SCOPE],
+            patrol_default_audience: settings.default_audience.clone(),
         }
     }
 }

@@ -19,13 +19,14 @@ use axum_server::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+use patrol_credentials::providers::Providers;
 use tracing::info;
 
 use crate::{
     admission::{Admission, KubeCluster, SubjectAccessReviewer, TokenContext, attestation},
     authz::{self, watch::CatalogCell},
     index::{self, RecordIndex},
-    issuer::Issuer,
+    issuer::{CredentialMinting, Issuer},
     metrics::Metrics,
     oauth::OAuthSettings,
     owners::ServiceAccounts,
@@ -89,6 +90,8 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
     );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let (cluster, admission_watches) = KubeCluster::new(client.clone(), metrics.clone());
+    tokio::spawn(admission_watches);
     let issuer = match &settings.oauth {
         None => None,
         Some(oauth) => {
@@ -112,7 +115,11 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
                 Arc::new(KubeReviewer::new(client.clone())),
                 metrics.clone(),
             )
-            .context("creating the OAuth issuer")?;
+            .context("creating the OAuth issuer")?
+            .with_credentials(CredentialMinting {
+                providers: Providers::start(client.clone(), &settings.namespace),
+                cluster: cluster.clone(),
+            });
             info!(issuer = %oauth.issuer, "OAuth endpoints enabled");
             Some(Arc::new(issuer))
         }
@@ -128,8 +135,6 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
         attestation_keys.clone(),
     ));
     tokio::spawn(index::run_watch(secrets, index, on_change));
-    let (cluster, admission_watches) = KubeCluster::new(client.clone(), metrics.clone());
-    tokio::spawn(admission_watches);
     let catalog = Arc::new(CatalogCell::default());
     let admission = Arc::new(
         Admission::new(

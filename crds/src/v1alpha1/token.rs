@@ -114,6 +114,37 @@ pub struct PersonalAccessTokenSpec {
     /// Limits on exchanging this token for short-lived JWTs at Patrol's token endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exchange: Option<ExchangeSpec>,
+
+    /// Associated credentials an exchange with scope `credentials` may return, beyond those
+    /// CredentialProviders give every token in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSpec>,
+}
+
+/// Associated credentials a token asks for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSpec {
+    /// The ServiceAccount whose tokens a `serviceAccount` CredentialProvider mints for
+    /// this PAT. The owner must be allowed to impersonate it: checked when the PAT is
+    /// created or changed, and again at every exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountReference>,
+}
+
+/// A ServiceAccount.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountReference {
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Defaults to the PersonalAccessToken's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
 }
 
 /// The user a token authenticates as.

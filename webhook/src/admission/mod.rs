@@ -523,7 +523,81 @@ impl Admission {
                 problems.extend(denied);
             }
         }
+        problems.extend(self.service_account_problems(old.as_ref(), &new, &namespace).await);
         (problems, warnings, annotations)
+    }
+
+    /// A PAT naming a ServiceAccount for credentials (new, or another one than before)
+    /// needs an owner allowed to impersonate it: holding its tokens is acting as it.
+    async fn service_account_problems(
+        &self,
+        old: Option<&PersonalAccessToken>,
+        new: &PersonalAccessToken,
+        namespace: &str,
+    ) -> Vec<Problem> {
+        let named = |pat: &PersonalAccessToken| {
+            pat.spec
+                .credentials
+                .as_ref()
+                .and_then(|c| c.service_account.as_ref())
+                .map(|sa| {
+                    (
+                        sa.namespace.clone().unwrap_or_else(|| namespace.to_owned()),
+                        sa.name.clone(),
+                    )
+                })
+        };
+        let Some((sa_namespace, name)) = named(new) else {
+            return vec![];
+        };
+        if old.and_then(named) == Some((sa_namespace.clone(), name.clone())) {
+            return vec![];
+        }
+        let Some(owner) = &new.spec.owner else {
+            return vec![];
+        };
+        let field = "spec.credentials.serviceAccount";
+        let owner_info = UserInfo {
+            username: Some(owner.username.clone()),
+            uid: owner.uid.clone(),
+            groups: Some(owner.groups.clone()),
+            extra: None,
+        };
+        let check = owner::ImpersonationCheck {
+            target: owner::Impersonated::ServiceAccount {
+                namespace: sa_namespace.clone(),
+                name: name.clone(),
+            },
+            field: field.to_owned(),
+        };
+        let answer = tokio::time::timeout(
+            ACCESS_REVIEW_TIMEOUT,
+            self.reviewer.may_impersonate(&owner_info, &check),
+        )
+        .await
+        .unwrap_or(Err(owner::ReviewError::Timeout));
+        self.metrics.record_access_review(match &answer {
+            Ok(true) => "allowed",
+            Ok(false) => "denied",
+            Err(_) => "error",
+        });
+        match answer {
+            Ok(true) => vec![],
+            Ok(false) => vec![Problem::escalation(
+                field,
+                format!(
+                    "the owner {:?} may not impersonate ServiceAccount {sa_namespace}/{name}, so the token may not carry its credentials; an administrator grants impersonate on serviceaccounts {name:?} in {sa_namespace}",
+                    owner.username
+                ),
+            )],
+            Err(e) => {
+                warn!(error = %e, "cannot review ServiceAccount impersonation");
+                vec![Problem::unavailable(
+                    field,
+                    "whether the owner may impersonate the ServiceAccount could not be checked; retry",
+                )]
+            }
+        }
     }
 
     /// Asks every check at once, within [`ACCESS_REVIEW_TIMEOUT`] in total.
