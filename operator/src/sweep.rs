@@ -84,7 +84,7 @@ async fn report_providers(client: &Client, active: &[(String, u32)]) {
         let count = active
             .iter()
             .find(|(p, _)| *p == name)
-            .map_or(0, |(_, n)| *n);
+            .map_or(0, |(_, n)| i32::try_from(*n).unwrap_or(i32::MAX));
         let kind = provider.spec.kind().map(|k| k.as_str().to_owned());
         let status = provider.status.as_ref();
         if status.and_then(|s| s.active_leases) == Some(count)

@@ -231,6 +231,7 @@ fn default_render_has_every_object_in_the_release_namespace() -> Result<()> {
         "ClusterRole/patrol-webhook",
         "ClusterRoleBinding/patrol-operator",
         "ClusterRoleBinding/patrol-webhook",
+        "CustomResourceDefinition/credentialproviders.patrol.dev",
         "CustomResourceDefinition/personalaccesstokens.patrol.dev",
         "CustomResourceDefinition/tokenpolicies.patrol.dev",
         "CustomResourceDefinition/tokenscopes.patrol.dev",
@@ -301,6 +302,8 @@ fn rbac_is_exactly_what_the_binaries_use() -> Result<()> {
             {"apiGroups": ["patrol.dev"], "resources": ["personalaccesstokens/finalizers"], "verbs": ["update"]},
             {"apiGroups": ["patrol.dev"], "resources": ["tokenpolicies"], "verbs": ["list", "watch"]},
             {"apiGroups": ["patrol.dev"], "resources": ["tokenpolicies/status"], "verbs": ["patch"]},
+            {"apiGroups": ["patrol.dev"], "resources": ["credentialproviders"], "verbs": ["list"]},
+            {"apiGroups": ["patrol.dev"], "resources": ["credentialproviders/status"], "verbs": ["patch"]},
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
             {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -325,6 +328,9 @@ fn rbac_is_exactly_what_the_binaries_use() -> Result<()> {
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["patrol.dev"], "resources": ["credentialproviders"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]},
         ])
     );
     assert_eq!(
@@ -335,6 +341,15 @@ fn rbac_is_exactly_what_the_binaries_use() -> Result<()> {
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["patrol-signing-keys"], "verbs": ["update"]},
         ])
     );
+    // Without associated credentials, none of their permissions.
+    let no_credentials = render(&["--set", "credentials.enabled=false"])?;
+    assert_eq!(
+        no_credentials.get("ClusterRole", "patrol-webhook")?["rules"]
+            .as_array()
+            .map(Vec::len),
+        Some(9)
+    );
+
     // Each binding grants its role to its own ServiceAccount only.
     for (kind, role_kind) in [
         ("ClusterRoleBinding", "ClusterRole"),
@@ -729,7 +744,7 @@ fn deployments_are_restricted_and_highly_available() -> Result<()> {
 fn crds_toggle_and_keep_policy() -> Result<()> {
     let m = render(&[])?;
     let crds = m.all("CustomResourceDefinition");
-    assert_eq!(crds.len(), 3);
+    assert_eq!(crds.len(), 4);
     for crd in &crds {
         assert_eq!(
             crd["metadata"]["annotations"]["helm.sh/resource-policy"],

@@ -424,3 +424,52 @@ async fn verify_full_tls_needs_the_right_ca_and_host() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_mints_and_revocations_share_one_admin_session() -> Result<()> {
+    let fx = start()?;
+    let admin = fx.admin().await?;
+    let until = Utc::now() + chrono::Duration::hours(1);
+    let users = (0..8)
+        .map(|_| new_username("mint_"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let passwords = (0..8)
+        .map(|_| new_password())
+        .collect::<Result<Vec<_>, _>>()?;
+    let created = futures::future::join_all(
+        users
+            .iter()
+            .zip(&passwords)
+            .map(|(user, password)| admin.create_user(user, password, until, GROUP)),
+    )
+    .await;
+    for result in created {
+        result?;
+    }
+    assert_eq!(
+        fx.pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'mint\\_%'"
+        )?,
+        "8"
+    );
+    assert_eq!(
+        fx.pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'patrol_admin'"
+        )?,
+        "1"
+    );
+    let dropped = futures::future::join_all(users.iter().map(|user| admin.drop_user(user))).await;
+    for result in dropped {
+        result?;
+    }
+    assert_eq!(
+        fx.pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'mint\\_%'"
+        )?,
+        "0"
+    );
+    Ok(())
+}

@@ -114,6 +114,10 @@ struct Args {
     /// `patrol_default_audience`.
     #[arg(long, env = "PATROL_DEFAULT_AUDIENCE", default_value = "")]
     default_audience: String,
+    /// Do not mint associated credentials: an exchange asking for scope `credentials`
+    /// gets none (for installations without the RBAC CredentialProviders need).
+    #[arg(long)]
+    no_credentials: bool,
     /// Largest /oauth2/token or /oauth2/introspect body, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     oauth_body_limit: usize,
@@ -209,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
             ),
         },
+        credentials: !args.no_credentials,
         drain_delay: args.drain_delay,
         shutdown_grace: args.shutdown_grace,
     };

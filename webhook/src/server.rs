@@ -56,6 +56,8 @@ pub struct Settings {
     pub last_used_debounce: Duration,
     /// The OAuth issuer (token exchange, introspection, discovery, JWKS); off when `None`.
     pub oauth: Option<OAuthSettings>,
+    /// Whether exchanges mint associated credentials from CredentialProviders.
+    pub credentials: bool,
     /// After SIGTERM, how long to keep serving while reporting not ready, so that the
     /// Service's endpoints (kube-proxy, load balancers) stop sending new connections here
     /// before the listener closes.
@@ -115,11 +117,15 @@ pub async fn run(settings: Settings, client: Client) -> anyhow::Result<()> {
                 Arc::new(KubeReviewer::new(client.clone())),
                 metrics.clone(),
             )
-            .context("creating the OAuth issuer")?
-            .with_credentials(CredentialMinting {
-                providers: Providers::start(client.clone(), &settings.namespace),
-                cluster: cluster.clone(),
-            });
+            .context("creating the OAuth issuer")?;
+            let issuer = if settings.credentials {
+                issuer.with_credentials(CredentialMinting {
+                    providers: Providers::start(client.clone(), &settings.namespace),
+                    cluster: cluster.clone(),
+                })
+            } else {
+                issuer
+            };
             info!(issuer = %oauth.issuer, "OAuth endpoints enabled");
             Some(Arc::new(issuer))
         }

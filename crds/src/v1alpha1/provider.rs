@@ -85,8 +85,10 @@ pub struct PostgresProvider {
     pub host: String,
     /// Port (default 5432).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<u16>,
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self >= 1 && self <= 65535", "message": "spec.postgres.port must be between 1 and 65535"},
+    ]))]
+    pub port: Option<i32>,
     /// Database clients use (and Patrol connects to).
     #[schemars(length(min = 1, max = 63))]
     pub database: String,
@@ -121,7 +123,7 @@ pub struct CredentialProviderStatus {
     pub kind: Option<String>,
     /// Credentials minted and not yet revoked or expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_leases: Option<u32>,
+    pub active_leases: Option<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -172,7 +174,10 @@ impl CredentialProviderSpec {
 
 impl PostgresProvider {
     pub fn port(&self) -> u16 {
-        self.port.unwrap_or(5432)
+        self.port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(5432)
     }
 
     pub fn role_prefix(&self) -> &str {
