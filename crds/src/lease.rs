@@ -61,6 +61,9 @@ pub enum Leased {
         port: u16,
         database: String,
         admin_secret: String,
+        /// Whether Patrol connects with TLS (`sslMode: VerifyFull`).
+        #[serde(default)]
+        tls: bool,
         role: String,
     },
 }
@@ -174,6 +177,7 @@ mod tests {
                 port: 5432,
                 database: "analytics".into(),
                 admin_secret: "pg-admin".into(),
+                tls: true,
                 role: "patrol_k3x9q".into(),
             },
         }

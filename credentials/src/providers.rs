@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     Credential, CredentialsRequest, Issued, new_lease_id,
-    postgres::{self, Admin, AdminLogin, PostgresError, SslMode, Target},
+    postgres::{self, Admin, AdminLogin, SslMode, Target},
     revoke::{self, RevokeError},
     service_account::{self, ServiceAccountError},
 };
@@ -100,7 +100,7 @@ impl MintError {
 pub struct AdminPool {
     client: Client,
     namespace: String,
-    admins: Mutex<HashMap<(String, u16, String, String), Arc<Admin>>>,
+    admins: Mutex<HashMap<(String, u16, String, String, bool), Arc<Admin>>>,
 }
 
 impl AdminPool {
@@ -112,17 +112,19 @@ impl AdminPool {
         }
     }
 
-    fn key(target: &Target, secret: &str) -> (String, u16, String, String) {
+    fn key(target: &Target, secret: &str) -> (String, u16, String, String, bool) {
         (
             target.host.clone(),
             target.port,
             target.database.clone(),
             secret.to_owned(),
+            target.ssl != SslMode::Disable,
         )
     }
 
     /// A live admin connection to `target`, logging in with the Secret `secret` (in Patrol's
-    /// namespace), read again whenever a new connection is made.
+    /// namespace), read again whenever a new connection is made. With TLS, the Secret's
+    /// `ca.crt` (when present) is the trust anchor.
     pub async fn get(&self, target: &Target, secret: &str) -> Result<Arc<Admin>, RevokeError> {
         let key = Self::key(target, secret);
         let mut admins = self.admins.lock().await;
@@ -131,8 +133,12 @@ impl AdminPool {
         {
             return Ok(admin.clone());
         }
-        let login = self.login(secret).await?;
-        let admin = Admin::connect(target, &login, DATABASE_TIMEOUT)
+        let (login, ca) = self.login(secret).await?;
+        let mut target = target.clone();
+        if let SslMode::VerifyFull { ca_pem } = &mut target.ssl {
+            *ca_pem = ca;
+        }
+        let admin = Admin::connect(&target, &login, DATABASE_TIMEOUT)
             .await
             .map_err(|source| RevokeError::Postgres {
                 host: target.host.clone(),
@@ -149,7 +155,7 @@ impl AdminPool {
         self.admins.lock().await.remove(&Self::key(target, secret));
     }
 
-    async fn login(&self, name: &str) -> Result<AdminLogin, RevokeError> {
+    async fn login(&self, name: &str) -> Result<(AdminLogin, Option<Vec<u8>>), RevokeError> {
         let where_ = format!("{}/{name}", self.namespace);
         let secret = Api::<Secret>::namespaced(self.client.clone(), &self.namespace)
             .get_opt(name)
@@ -166,10 +172,19 @@ impl AdminPool {
                     RevokeError::AdminSecret(where_.clone(), format!("has no {key:?} key"))
                 })
         };
-        Ok(AdminLogin {
-            username: field("username")?,
-            password: Zeroizing::new(field("password")?),
-        })
+        let ca = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .map(|v| v.0.clone())
+            .filter(|v| !v.is_empty());
+        Ok((
+            AdminLogin {
+                username: field("username")?,
+                password: Zeroizing::new(field("password")?),
+            },
+            ca,
+        ))
     }
 }
 
@@ -479,17 +494,27 @@ impl Providers {
             host: spec.host.clone(),
             port: spec.port(),
             database: spec.database.clone(),
-            ssl: SslMode::Disable,
+            ssl: if spec.tls() {
+                SslMode::VerifyFull { ca_pem: None }
+            } else {
+                SslMode::Disable
+            },
         };
         let admin = self
             .admins
             .get(&target, &spec.admin_secret.name)
             .await
-            .map_err(|e| match e {
+            .map_err(|e| match &e {
                 RevokeError::AdminSecret(..) => MintError::Misconfigured {
                     provider: provider.to_owned(),
                     why: e.to_string(),
                 },
+                RevokeError::Postgres { source, .. } if !source.is_transient() => {
+                    MintError::Misconfigured {
+                        provider: provider.to_owned(),
+                        why: e.to_string(),
+                    }
+                }
                 _ => MintError::unavailable(provider, e),
             })?;
         let role = format!("{}{lease_id}", spec.role_prefix());
@@ -505,6 +530,7 @@ impl Providers {
                 port: spec.port(),
                 database: spec.database.clone(),
                 admin_secret: spec.admin_secret.name.clone(),
+                tls: spec.tls(),
                 role: role.clone(),
             },
         );
@@ -534,12 +560,13 @@ impl Providers {
                 {
                     warn!(lease = %lease_id, error = %undo, "cannot undo a failed PostgreSQL mint; the operator sweeps it");
                 }
-                Err(match e {
-                    PostgresError::GroupRoleMissing { .. } => MintError::Misconfigured {
+                Err(if e.is_transient() {
+                    MintError::unavailable(provider, e)
+                } else {
+                    MintError::Misconfigured {
                         provider: provider.to_owned(),
                         why: e.to_string(),
-                    },
-                    _ => MintError::unavailable(provider, e),
+                    }
                 })
             }
         }

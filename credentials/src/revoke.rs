@@ -51,13 +51,18 @@ pub async fn revoke(
             port,
             database,
             admin_secret,
+            tls,
             role,
         } => {
             let target = Target {
                 host: host.clone(),
                 port: *port,
                 database: database.clone(),
-                ssl: SslMode::Disable,
+                ssl: if *tls {
+                    SslMode::VerifyFull { ca_pem: None }
+                } else {
+                    SslMode::Disable
+                },
             };
             let admin = admins.get(&target, admin_secret).await?;
             if let Err(source) = admin.drop_user(role).await {

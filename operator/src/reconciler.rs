@@ -475,12 +475,19 @@ async fn delete_record(ctx: &Context, token_id: &str) -> Result<(), Error> {
 /// Revokes the associated credentials minted for a token that just ended. What cannot be
 /// revoked now (a database down) is left to the sweep, which finds the lease orphaned.
 async fn revoke_credentials(ctx: &Context, token_id: &str) {
-    match patrol_credentials::revoke::revoke_token(&ctx.client, &ctx.admins, &ctx.namespace, token_id)
-        .await
+    match patrol_credentials::revoke::revoke_token(
+        &ctx.client,
+        &ctx.admins,
+        &ctx.namespace,
+        token_id,
+    )
+    .await
     {
         Ok(0) => {}
         Ok(n) => info!(token_id, credentials = n, "associated credentials revoked"),
-        Err(e) => warn!(token_id, error = %e, "cannot revoke associated credentials now; the sweep retries"),
+        Err(e) => {
+            warn!(token_id, error = %e, "cannot revoke associated credentials now; the sweep retries")
+        }
     }
 }
 

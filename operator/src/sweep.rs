@@ -98,7 +98,11 @@ async fn report_providers(client: &Client, active: &[(String, u32)]) {
             "status": {"kind": kind, "activeLeases": count},
         });
         if let Err(e) = api
-            .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
             .await
         {
             warn!(provider = %name, error = %e, "cannot write CredentialProvider status");

@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use patrol_api::v1alpha1::CREDENTIALS_SCOPE;
-pub use patrol_credentials::CredentialsRequest;
 use patrol_credentials::AssociatedCredentials;
+pub use patrol_credentials::CredentialsRequest;
 
 use crate::{
     index::IndexedRecord,
@@ -620,11 +620,27 @@ mod tests {
             default_audience: Some("patrol"),
             ..POLICY
         };
-        let d = decide(&bare, &request("").unwrap(), None, &policy, now(), "j".into()).unwrap();
+        let d = decide(
+            &bare,
+            &request("").unwrap(),
+            None,
+            &policy,
+            now(),
+            "j".into(),
+        )
+        .unwrap();
         assert_eq!(d.claims.aud, Audience::One("patrol".into()));
         // The PAT's own default still comes first.
         let own = indexed(|_| {});
-        let d = decide(&own, &request("").unwrap(), None, &policy, now(), "j".into()).unwrap();
+        let d = decide(
+            &own,
+            &request("").unwrap(),
+            None,
+            &policy,
+            now(),
+            "j".into(),
+        )
+        .unwrap();
         assert_eq!(d.claims.aud, Audience::One("kubernetes-patrol".into()));
     }
 
@@ -660,7 +676,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             d.credentials,
-            Some(CredentialsRequest::Providers(vec!["analytics".into(), "ci".into()]))
+            Some(CredentialsRequest::Providers(vec![
+                "analytics".into(),
+                "ci".into()
+            ]))
         );
         assert_eq!(d.claims.scope.as_deref(), Some("read:pods"));
 

@@ -246,7 +246,9 @@ impl Issuer {
         let Some(minting) = &self.credentials else {
             return match request {
                 CredentialsRequest::All => Ok(AssociatedCredentials::default()),
-                CredentialsRequest::Providers(_) => Err(mint_error(&MintError::UnknownProvider(String::new()))),
+                CredentialsRequest::Providers(_) => {
+                    Err(mint_error(&MintError::UnknownProvider(String::new())))
+                }
             };
         };
         let labels = minting
@@ -269,7 +271,11 @@ impl Issuer {
             expires_at: chrono::DateTime::from_timestamp(decision.claims.exp, 0).unwrap_or(now),
         };
         let started = std::time::Instant::now();
-        match minting.providers.mint(&subject, request, &labels, now).await {
+        match minting
+            .providers
+            .mint(&subject, request, &labels, now)
+            .await
+        {
             Ok(issued) => {
                 for one in &issued {
                     debug!(token_id = %record.id, provider = %one.provider, lease = %one.lease_id, "credential minted");
@@ -279,7 +285,8 @@ impl Issuer {
             }
             Err(e) => {
                 warn!(token_id = %record.id, error = %e, "no credentials minted; exchange refused");
-                self.metrics.record_credentials(e.outcome(), started.elapsed());
+                self.metrics
+                    .record_credentials(e.outcome(), started.elapsed());
                 Err(mint_error(&e))
             }
         }
@@ -456,9 +463,9 @@ fn auth_scheme(value: &HeaderValue) -> &str {
 /// The OAuth answer to a failed mint: a fixed description per case.
 fn mint_error(e: &MintError) -> OAuthError {
     match e {
-        MintError::NotReady => {
-            OAuthError::unavailable("the credential providers have not been loaded yet; retry shortly")
-        }
+        MintError::NotReady => OAuthError::unavailable(
+            "the credential providers have not been loaded yet; retry shortly",
+        ),
         MintError::UnknownProvider(_) => OAuthError::new(
             ErrorCode::InvalidScope,
             "a requested credential provider does not exist or is not available to this token",

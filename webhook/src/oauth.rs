@@ -86,8 +86,12 @@ impl OAuthSettings {
     /// Sets the service-wide default audience; empty means none.
     pub fn with_default_audience(mut self, audience: Option<String>) -> Result<Self, String> {
         match audience.filter(|a| !a.is_empty()) {
-            Some(a) if a.len() > crate::exchange::MAX_TARGET_LEN || a.chars().any(char::is_control) => {
-                Err(format!("the default audience {a:?} is too long or holds control characters"))
+            Some(a)
+                if a.len() > crate::exchange::MAX_TARGET_LEN || a.chars().any(char::is_control) =>
+            {
+                Err(format!(
+                    "the default audience {a:?} is too long or holds control characters"
+                ))
             }
             audience => {
                 self.default_audience = audience;

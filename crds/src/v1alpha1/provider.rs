@@ -100,10 +100,23 @@ pub struct PostgresProvider {
     /// may do.
     #[schemars(length(min = 1, max = 63))]
     pub group_role: String,
+    /// `VerifyFull` (default): TLS, the server's certificate verified against `ca.crt` in the
+    /// admin Secret (else the system's roots) and naming `host`. `Disable`: plain TCP, for a
+    /// database on the same host or a trusted network only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<PostgresSslMode>,
     /// Prefix of minted role names (default `patrol_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
     pub role_prefix: Option<String>,
+}
+
+/// How Patrol connects to PostgreSQL (libpq's `sslmode` values of the same names).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum PostgresSslMode {
+    Disable,
+    #[default]
+    VerifyFull,
 }
 
 /// A Secret in Patrol's own namespace.
@@ -178,6 +191,11 @@ impl PostgresProvider {
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .unwrap_or(5432)
+    }
+
+    /// Whether connections use TLS (verified); the default.
+    pub fn tls(&self) -> bool {
+        self.ssl_mode.unwrap_or_default() == PostgresSslMode::VerifyFull
     }
 
     pub fn role_prefix(&self) -> &str {

@@ -523,7 +523,10 @@ impl Admission {
                 problems.extend(denied);
             }
         }
-        problems.extend(self.service_account_problems(old.as_ref(), &new, &namespace).await);
+        problems.extend(
+            self.service_account_problems(old.as_ref(), &new, &namespace)
+                .await,
+        );
         (problems, warnings, annotations)
     }
 
