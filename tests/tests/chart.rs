@@ -18,16 +18,16 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::{
     ByteString,
-    api::coordination::v1::Lease,
+    api::{coordination::v1::Lease, core::v1::Secret},
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use patrol_api::{
     attestation,
-    v1alpha1::{PersonalAccessToken, Phase},
+    v1alpha1::{CredentialProvider, PersonalAccessToken, Phase},
 };
 use patrol_e2e::{
     TestCluster, TestNamespace,
@@ -1167,7 +1167,9 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     let lease = format!("leases/{operator_name}");
     let signing = format!("secrets/{release}-signing-keys");
     for (user, args, want) in [
-        (&webhook_user, vec!["delete", "secrets", "-n", other], false),
+        // RBAC lets the webhook delete Secrets (credential leases and bindings) anywhere;
+        // the secret-write guard narrows that to those two kinds (checked below).
+        (&webhook_user, vec!["delete", "secrets", "-n", other], true),
         (&webhook_user, vec!["list", "secrets", "-n", other], false),
         (&webhook_user, vec!["get", "secrets", "-n", mine], true),
         (&webhook_user, vec!["update", &signing, "-n", mine], true),
@@ -1177,7 +1179,7 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
             vec!["update", "secrets/something-else", "-n", mine],
             false,
         ),
-        (&webhook_user, vec!["delete", &signing, "-n", mine], false),
+        (&webhook_user, vec!["delete", &signing, "-n", mine], true),
         (
             &webhook_user,
             vec!["patch", "personalaccesstokens", "-n", other],
@@ -1330,6 +1332,46 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
         out.status.success(),
         "the webhook may create its signing-key Secret: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // A credential binding may be created anywhere, but empty; nothing else may be deleted.
+    let binding = |extra: &[&str]| -> Result<std::process::Output> {
+        let mut args = vec![
+            "create",
+            "secret",
+            "generic",
+            "patrol-binding-x",
+            "--type=patrol.dev/credential-binding",
+            "-n",
+            other,
+            "--dry-run=server",
+        ];
+        args.extend_from_slice(extra);
+        let out = cluster.kubectl_with(&webhook_kubeconfig, &args)?;
+        Ok(out)
+    };
+    let labelled = binding(&[])?;
+    ensure!(
+        !labelled.status.success(),
+        "a binding without its label was admitted"
+    );
+    let out = cluster.kubectl_with(
+        &webhook_kubeconfig,
+        &[
+            "delete",
+            "secret",
+            &signing_name,
+            "-n",
+            mine,
+            "--dry-run=server",
+        ],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && (err.contains("may write only")
+                || err.contains("NotFound")
+                || err.contains("not found")),
+        "the webhook deleted a Secret that is no credential: {err}"
     );
 
     // 6. The operator, with the Deployment's own flags and downward-API environment,
@@ -1564,6 +1606,153 @@ async fn installs_into_the_apiserver_and_runs_under_its_service_accounts() -> Re
     let keys = secrets.get(&format!("{release}-signing-keys")).await?;
     assert_eq!(keys.type_.as_deref(), Some("patrol.dev/signing-keys"));
     println!("token exchanged at {:?}", started.elapsed());
+
+    // 7b. The seed platform's client with the chart's defaults: discovery, then an
+    // exchange without audience asking for `credentials`, from a fresh PAT that holds that
+    // scope and names a ServiceAccount. The lease (release namespace) and the token's
+    // binding Secret (the ServiceAccount's) are written under the chart's RBAC and the
+    // secret-write guard, and removed by the operator when the PAT is revoked.
+    cluster.kubectl_ok(&["create", "serviceaccount", "deployer", "-n", other])?;
+    cluster.kubectl_ok(&[
+        "create",
+        "role",
+        "impersonate-deployer",
+        "--verb=impersonate",
+        "--resource=serviceaccounts",
+        "--resource-name=deployer",
+        "-n",
+        other,
+    ])?;
+    cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "impersonate-deployer",
+        "--role=impersonate-deployer",
+        "--user=alice",
+        "-n",
+        other,
+    ])?;
+    let provider = format!("chart-deployer-{}", std::process::id());
+    let providers: Api<CredentialProvider> = Api::all(client.clone());
+    providers
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "patrol.dev/v1alpha1", "kind": "CredentialProvider",
+                "metadata": {"name": provider},
+                "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": other}},
+                         "serviceAccount": {}},
+            }))?,
+        )
+        .await?;
+    let mut seed: PersonalAccessToken = serde_json::from_value(json!({
+        "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
+        "metadata": {"name": "seed"},
+        "spec": {"displayName": "Seed CLI", "owner": {"username": "alice", "groups": ["dev"]},
+                 "scopes": ["credentials"],
+                 "credentials": {"serviceAccount": {"name": "deployer"}}},
+    }))?;
+    let vetted = attestation::attest(
+        &key,
+        &attestation::Vetted {
+            namespace: other,
+            naming: attestation::Naming::Name("seed".into()),
+            owner: seed.spec.owner.as_ref().context("owner")?,
+            scopes: &seed.spec.scopes,
+        },
+        chrono::Utc::now(),
+    );
+    seed.metadata.annotations = Some([(attestation::ANNOTATION.to_owned(), vetted)].into());
+    pats.create(&PostParams::default(), &seed).await?;
+    wait_for_phase(&pats, "seed", Phase::Active, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("operator log:\n{}", operator.output()))?;
+    let seed_token = eventually(Duration::from_secs(10), || async {
+        delivered_token(cluster, other, "seed-token")
+            .await?
+            .context("no delivered Secret yet")
+    })
+    .await?;
+    let (code, body) =
+        webhook_request(&ca, &host, port, "/.well-known/openid-configuration", None).await?;
+    assert_eq!(code, 200, "{body}");
+    let discovery: Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        discovery["patrol_default_audience"], KUBE_AUDIENCE,
+        "the chart's default"
+    );
+    let seed_request = form(&[
+        ("grant_type", GRANT),
+        ("subject_token", &seed_token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:pat"),
+        ("client_id", "seed-cli"),
+        ("scope", "credentials"),
+    ]);
+    let seeded = eventually(Duration::from_secs(30), || async {
+        let (code, body) = webhook_request(
+            &ca,
+            &host,
+            port,
+            "/oauth2/token",
+            Some((FORM, &seed_request)),
+        )
+        .await?;
+        ensure!(code == 200, "/oauth2/token answered {code}: {body}");
+        let answer: Value = serde_json::from_str(&body)?;
+        ensure!(
+            answer["credentials"][&provider]["token"].is_string(),
+            "no credential yet: {body}"
+        );
+        Ok(answer)
+    })
+    .await
+    .with_context(|| format!("webhook log:\n{}", webhook.output()))?;
+    assert_eq!(
+        jwt_claims(seeded["access_token"].as_str().context("no access_token")?)?["aud"],
+        KUBE_AUDIENCE
+    );
+    let sa_token = seeded["credentials"][&provider]["token"]
+        .as_str()
+        .context("no token")?
+        .to_owned();
+    let sa_kubeconfig = dir.join("deployer.kubeconfig");
+    cluster.bearer_kubeconfig(&sa_kubeconfig, &sa_token)?;
+    let whoami = cluster.kubectl_with(&sa_kubeconfig, &["auth", "whoami", "-o", "json"])?;
+    ensure!(
+        String::from_utf8_lossy(&whoami.stdout)
+            .contains(&format!("system:serviceaccount:{other}:deployer")),
+        "the credential is the ServiceAccount's: {}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    pats.patch(
+        "seed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"revoked": true}})),
+    )
+    .await?;
+    let bindings: Api<Secret> = Api::namespaced(client.clone(), other);
+    eventually(Duration::from_secs(10), || async {
+        let left = bindings
+            .list(&ListParams::default().labels("patrol.dev/component=credential-binding"))
+            .await?
+            .items;
+        ensure!(left.is_empty(), "the binding Secret remains");
+        let leases = secrets
+            .list(&ListParams::default().labels("patrol.dev/component=credential-lease"))
+            .await?
+            .items;
+        ensure!(leases.is_empty(), "the lease remains");
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("operator log:\n{}", operator.output()))?;
+    providers
+        .delete(&provider, &DeleteParams::default())
+        .await?;
+    println!(
+        "seed client flow with credentials at {:?}",
+        started.elapsed()
+    );
 
     // 8. Revoke: the operator removes record and Secret, the token service stops accepting.
     pats.patch(
