@@ -96,11 +96,14 @@ impl MintError {
     }
 }
 
+/// Host, port, database, admin Secret, TLS: one admin connection each.
+type AdminKey = (String, u16, String, String, bool);
+
 /// Connections to databases as their admin role, shared by minting and revoking.
 pub struct AdminPool {
     client: Client,
     namespace: String,
-    admins: Mutex<HashMap<(String, u16, String, String, bool), Arc<Admin>>>,
+    admins: Mutex<HashMap<AdminKey, Arc<Admin>>>,
 }
 
 impl AdminPool {
@@ -112,7 +115,7 @@ impl AdminPool {
         }
     }
 
-    fn key(target: &Target, secret: &str) -> (String, u16, String, String, bool) {
+    fn key(target: &Target, secret: &str) -> AdminKey {
         (
             target.host.clone(),
             target.port,

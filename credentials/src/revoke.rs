@@ -147,17 +147,19 @@ pub struct Sweep {
     pub next_expiry: Option<DateTime<Utc>>,
 }
 
-/// Revokes expired leases and leases whose token is not in `live_tokens`.
+/// Revokes those of `leases` that expired or whose token is not in `live_tokens` (listed
+/// after the leases, so a lease minted in between is not taken for an orphan).
 pub async fn sweep(
     client: &Client,
     admins: &Arc<AdminPool>,
     namespace: &str,
+    leases: Vec<Lease>,
     live_tokens: &HashSet<String>,
     now: DateTime<Utc>,
-) -> Result<Sweep, kube::Error> {
+) -> Sweep {
     let mut result = Sweep::default();
     let mut active: std::collections::BTreeMap<String, u32> = Default::default();
-    for lease in list(client, namespace, &lease::selector()).await? {
+    for lease in leases {
         let expired = lease.is_expired_at(now);
         let orphaned = !live_tokens.contains(&lease.token_id);
         if !expired && !orphaned {
@@ -179,5 +181,5 @@ pub async fn sweep(
         }
     }
     result.active = active.into_iter().collect();
-    Ok(result)
+    result
 }

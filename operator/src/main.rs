@@ -47,6 +47,10 @@ struct Args {
     /// namespace, so that replicas scoped to one namespace do not fight over it.
     #[arg(long, action = clap::ArgAction::Set)]
     token_policy_status: Option<bool>,
+    /// Write CredentialProvider status (kind, active credentials). Default: only when
+    /// watching every namespace, like --token-policy-status.
+    #[arg(long, action = clap::ArgAction::Set)]
+    credential_provider_status: Option<bool>,
     /// Issue a PAT's token only when admission attested its owner (patrol-webhook's
     /// mutating webhook does). Turn off only on clusters that run the operator without
     /// patrol-webhook's admission, where whoever may create a PersonalAccessToken may name
@@ -94,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
             concurrency: args.concurrency,
             token_policy_status: args
                 .token_policy_status
+                .unwrap_or(args.watch_namespace.is_none()),
+            credential_provider_status: args
+                .credential_provider_status
                 .unwrap_or(args.watch_namespace.is_none()),
             watch_namespace: args.watch_namespace,
             owner_attestation: args

@@ -163,10 +163,10 @@ impl Default for Metrics {
         let revocations = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "credential_revocations",
-            "Associated credentials revoked by the sweep, by reason (expired, orphaned: the token ended)",
+            "Associated credentials revoked, by reason (token_ended: with its token; expired and orphaned: by the sweep)",
             revocations.clone(),
         );
-        for reason in ["expired", "orphaned"] {
+        for reason in ["token_ended", "expired", "orphaned"] {
             let _ = revocations.get_or_create(&ReasonLabels { reason });
         }
         let leases = Gauge::default();
@@ -199,6 +199,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn credentials_revoked(&self, reason: &'static str, n: usize) {
+        self.revocations
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n as u64);
+    }
+
     pub fn swept(&self, sweep: &patrol_credentials::revoke::Sweep) {
         for (reason, n) in [("expired", sweep.expired), ("orphaned", sweep.orphaned)] {
             self.revocations

@@ -484,7 +484,10 @@ async fn revoke_credentials(ctx: &Context, token_id: &str) {
     .await
     {
         Ok(0) => {}
-        Ok(n) => info!(token_id, credentials = n, "associated credentials revoked"),
+        Ok(n) => {
+            ctx.metrics.credentials_revoked("token_ended", n);
+            info!(token_id, credentials = n, "associated credentials revoked");
+        }
         Err(e) => {
             warn!(token_id, error = %e, "cannot revoke associated credentials now; the sweep retries")
         }

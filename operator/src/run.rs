@@ -51,6 +51,8 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Write TokenPolicy status (one writer per cluster).
     pub token_policy_status: bool,
+    /// Whether this replica writes CredentialProvider status (one writer per cluster).
+    pub credential_provider_status: bool,
     /// Secret (in `namespace`) holding the owner-attestation key; `None`: owners are
     /// trusted without attestation.
     pub owner_attestation: Option<String>,
@@ -123,6 +125,7 @@ pub async fn run(client: Client, settings: Settings) -> anyhow::Result<()> {
         admins.clone(),
         settings.namespace.clone(),
         metrics.clone(),
+        settings.credential_provider_status,
     ));
     let reporter = Reporter {
         controller: "patrol-operator".into(),

@@ -1,6 +1,7 @@
 //! The credential sweep: revokes associated credentials whose lease expired or whose token
 //! ended (a revocation that failed, or an exchange that minted while the token was being
-//! revoked), and reports each provider's active credentials in its status. It wakes at the
+//! revoked), and (on the one replica that is told to, `--credential-provider-status`)
+//! reports each provider's active credentials in its status. It wakes at the
 //! next expiry, so a credential is cut close to when its lease says, and at least every
 //! [`PERIOD`].
 
@@ -12,7 +13,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
-use patrol_api::{record, v1alpha1::CredentialProvider};
+use patrol_api::{lease, record, v1alpha1::CredentialProvider};
 use patrol_credentials::{providers::AdminPool, revoke};
 use tracing::{info, warn};
 
@@ -21,9 +22,15 @@ use crate::{metrics::Metrics, reconciler::FIELD_MANAGER};
 /// Longest time between sweeps.
 pub const PERIOD: Duration = Duration::from_secs(15);
 
-pub async fn run(client: Client, admins: Arc<AdminPool>, namespace: String, metrics: Arc<Metrics>) {
+pub async fn run(
+    client: Client,
+    admins: Arc<AdminPool>,
+    namespace: String,
+    metrics: Arc<Metrics>,
+    report_status: bool,
+) {
     loop {
-        let wait = match sweep_once(&client, &admins, &namespace, &metrics).await {
+        let wait = match sweep_once(&client, &admins, &namespace, &metrics, report_status).await {
             Ok(next) => next,
             Err(e) => {
                 warn!(error = %e, "credential sweep failed; retrying");
@@ -40,7 +47,10 @@ pub async fn sweep_once(
     admins: &Arc<AdminPool>,
     namespace: &str,
     metrics: &Metrics,
+    report_status: bool,
 ) -> Result<Duration, kube::Error> {
+    // Leases before records: a lease minted after the record list would look orphaned.
+    let leases = revoke::list(client, namespace, &lease::selector()).await?;
     let records: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let live: HashSet<String> = records
         .list_metadata(&ListParams::default().labels(&record::selector()))
@@ -50,7 +60,7 @@ pub async fn sweep_once(
         .filter_map(|s| s.labels().get(record::TOKEN_ID_LABEL).cloned())
         .collect();
     let now = Utc::now();
-    let sweep = revoke::sweep(client, admins, namespace, &live, now).await?;
+    let sweep = revoke::sweep(client, admins, namespace, leases, &live, now).await;
     if sweep.expired + sweep.orphaned > 0 {
         info!(
             expired = sweep.expired,
@@ -60,7 +70,9 @@ pub async fn sweep_once(
         );
     }
     metrics.swept(&sweep);
-    report_providers(client, &sweep.active).await;
+    if report_status {
+        report_providers(client, &sweep.active).await;
+    }
     let until_next = sweep
         .next_expiry
         .and_then(|at| (at - now).to_std().ok())

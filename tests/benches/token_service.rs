@@ -17,6 +17,13 @@
 //!   kube-apiserver with the scoped PAT (authentication cache + Patrol's authorizer + RBAC)
 //!   vs the same list with a client certificate: the latency Patrol adds.
 //!
+//! - (f) exchange with associated credentials: plain exchange vs the same with a
+//!   ServiceAccount token (lease, binding Secret, TokenRequest) and with a PostgreSQL user
+//!   (lease, one CREATE ROLE on a real PostgreSQL on loopback), `PATROL_BENCH_CREDENTIAL_SECONDS`
+//!   (5) s per run: every request leaves a credential the operator's sweep revokes 30 s later.
+//!
+//! `PATROL_BENCH_SECTIONS` (e.g. `b,f`) runs some sections only; (a) and (c) run together.
+//!
 //! The webhook listens on the port the apiserver's webhooks name (hack/cluster.sh), so the
 //! apiserver consults it for (e).
 //!
@@ -41,16 +48,17 @@ use axum::{Json, Router, extract::State, routing};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use patrol_api::v1alpha1::{PersonalAccessToken, Phase};
+use patrol_api::v1alpha1::{CredentialProvider, PersonalAccessToken, Phase};
 use patrol_e2e::{
     TestCluster, TestNamespace,
     load::{self, ClientCert, HttpsClient, LoadStats},
     operator::{Operator, OperatorOptions, delivered_token, wait_for_phase},
+    postgres::Postgres,
     process::{self, Process},
 };
 use serde_json::{Value, json};
@@ -65,6 +73,7 @@ struct Settings {
     runs: usize,
     seconds: u64,
     revocations: usize,
+    credential_seconds: u64,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -81,6 +90,7 @@ impl Settings {
             runs: env_or("PATROL_BENCH_RUNS", 3),
             seconds: env_or("PATROL_BENCH_SECONDS", 15),
             revocations: env_or("PATROL_BENCH_REVOCATIONS", 40),
+            credential_seconds: env_or("PATROL_BENCH_CREDENTIAL_SECONDS", 5),
         }
     }
 
@@ -652,6 +662,185 @@ async fn exchange(bench: &Bench, token: &str, sa_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// (f).
+async fn credentials(bench: &Bench) -> Result<()> {
+    let s = &bench.settings;
+    let client = bench.cluster.client().await?;
+    let ns = bench.ns.name.as_str();
+    let pg = Postgres::start()?;
+    pg.create_database("bench")?;
+    pg.psql(
+        "bench",
+        "CREATE ROLE bench_read NOLOGIN;
+         CREATE ROLE patrol_admin LOGIN CREATEROLE PASSWORD 'bench-admin-pw';
+         GRANT bench_read TO patrol_admin WITH ADMIN OPTION;
+         GRANT pg_signal_backend TO patrol_admin;",
+    )?;
+    let admin: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "pg-admin"},
+        "stringData": {"username": "patrol_admin", "password": "bench-admin-pw"},
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), &bench._records.name)
+        .create(&PostParams::default(), &admin)
+        .await?;
+    for args in [
+        vec!["create", "serviceaccount", "bench-deployer", "-n", ns],
+        vec![
+            "create",
+            "role",
+            "impersonate-deployer",
+            "--verb=impersonate",
+            "--resource=serviceaccounts",
+            "--resource-name=bench-deployer",
+            "-n",
+            ns,
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "impersonate-deployer",
+            "--role=impersonate-deployer",
+            "--user=bench@example.com",
+            "-n",
+            ns,
+        ],
+    ] {
+        bench.cluster.kubectl_ok(&args)?;
+    }
+    let suffix = std::process::id();
+    let (sa_provider, pg_provider) = (format!("bench-sa-{suffix}"), format!("bench-pg-{suffix}"));
+    let selector = json!({"matchLabels": {"kubernetes.io/metadata.name": ns}});
+    let providers: Api<CredentialProvider> = Api::all(client.clone());
+    for (name, kind) in [
+        (&sa_provider, json!({"serviceAccount": {}})),
+        (
+            &pg_provider,
+            json!({"postgres": {
+                "host": pg.host, "port": pg.port, "database": "bench",
+                "adminSecret": {"name": "pg-admin"}, "groupRole": "bench_read", "sslMode": "Disable",
+            }}),
+        ),
+    ] {
+        let mut spec = kind;
+        spec["namespaceSelector"] = selector.clone();
+        spec["ttl"] = json!("30s");
+        providers
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "patrol.dev/v1alpha1", "kind": "CredentialProvider",
+                    "metadata": {"name": name}, "spec": spec,
+                }))?,
+            )
+            .await?;
+    }
+    let pats: Api<PersonalAccessToken> = Api::namespaced(client.clone(), ns);
+    let pat: PersonalAccessToken = serde_json::from_value(json!({
+        "apiVersion": "patrol.dev/v1alpha1", "kind": "PersonalAccessToken",
+        "metadata": {"name": "cred"},
+        "spec": {
+            "displayName": "bench credentials",
+            "owner": {"username": "bench@example.com", "uid": "bench-uid", "groups": ["bench-team"]},
+            "scopes": ["credentials", "read:pods"],
+            "expiration": {"ttl": "1d"},
+            "exchange": {"audiences": [AUDIENCE]},
+            "credentials": {"serviceAccount": {"name": "bench-deployer"}},
+        },
+    }))?;
+    pats.create(&PostParams::default(), &pat).await?;
+    let pat = wait_for_phase(&pats, "cred", Phase::Active, Duration::from_secs(120)).await?;
+    let secret = pat
+        .status
+        .and_then(|s| s.secret_ref)
+        .map(|r| r.name)
+        .context("no secretRef")?;
+    let token = delivered_token(bench.cluster, ns, &secret)
+        .await?
+        .context("no token")?;
+    let webhook = bench.webhook_client(s.connections)?;
+    bench.wait_accepted(&webhook, &token).await?;
+
+    let form = |scope: &str| {
+        Bytes::from(format!(
+            "grant_type={}&subject_token_type={}&subject_token={}&audience={AUDIENCE}&scope={}",
+            urlencode(GRANT),
+            urlencode(ACCESS_TOKEN),
+            urlencode(&token),
+            urlencode(scope)
+        ))
+    };
+    let url = format!("{}/oauth2/token", bench.webhook_url);
+    // The providers reach the webhook through its watch.
+    for scope in [
+        format!("credentials:{sa_provider}"),
+        format!("credentials:{pg_provider}"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = webhook.request(post(&url, FORM, form(&scope))).await?;
+            if response.status() == StatusCode::OK {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{scope}: exchange answered {}",
+                response.status()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let mut plain = Row::new("exchange, JWT only");
+    let mut with_sa = Row::new("exchange + ServiceAccount token");
+    let mut with_pg = Row::new("exchange + PostgreSQL user");
+    let duration = Duration::from_secs(s.credential_seconds);
+    for run in 1..=s.runs {
+        eprintln!("[bench] credentials run {run}/{}", s.runs);
+        for (row, scope, marker) in [
+            (&mut plain, "read:pods".to_owned(), &b"\"access_token\""[..]),
+            (
+                &mut with_sa,
+                format!("credentials:{sa_provider}"),
+                &b"\"kubernetes_service_account_token\""[..],
+            ),
+            (
+                &mut with_pg,
+                format!("credentials:{pg_provider}"),
+                &b"\"db_password\""[..],
+            ),
+        ] {
+            let (url, body) = (url.clone(), form(&scope));
+            let marker = marker.to_vec();
+            row.runs.push(
+                load::run(
+                    &webhook,
+                    s.connections,
+                    duration,
+                    move || post(&url, FORM, body.clone()),
+                    move |status, body| status == StatusCode::OK && contains(body, &marker),
+                )
+                .await?,
+            );
+        }
+    }
+    print_table(
+        "(f) exchange with associated credentials (ratio vs plain exchange)",
+        &[&plain, &with_sa, &with_pg],
+        &plain,
+    );
+    let roles = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'patrol\\_%'",
+    )?;
+    println!(
+        "  PostgreSQL roles still live at the end (the sweep revokes each 30 s after its exchange): {roles}"
+    );
+    pats.delete("cred", &DeleteParams::default()).await?;
+    for name in [&sa_provider, &pg_provider] {
+        let _ = providers.delete(name, &DeleteParams::default()).await;
+    }
+    Ok(())
+}
+
 /// (d): revoke (or delete) one cached PAT at a time; time until the webhook refuses it.
 async fn revocation(bench: &Bench) -> Result<()> {
     let count = bench.settings.revocations;
@@ -896,10 +1085,24 @@ async fn main() -> Result<()> {
     let sa_token = bench.service_account_token("bench-reviewer").await?;
     let flood_token = forge_wrong_secret(flood_target);
 
-    token_review(&bench, hot, &sa_token, &flood_token).await?;
-    exchange(&bench, hot, "bench-reviewer").await?;
-    revocation(&bench).await?;
-    authorization(&bench, hot).await?;
+    // `PATROL_BENCH_SECTIONS=b,f` runs only those sections (default: all).
+    let sections = std::env::var("PATROL_BENCH_SECTIONS").unwrap_or_else(|_| "a,b,c,d,e,f".into());
+    let wanted = |s: &str| sections.split(',').any(|w| w.trim() == s);
+    if wanted("a") || wanted("c") {
+        token_review(&bench, hot, &sa_token, &flood_token).await?;
+    }
+    if wanted("b") {
+        exchange(&bench, hot, "bench-reviewer").await?;
+    }
+    if wanted("d") {
+        revocation(&bench).await?;
+    }
+    if wanted("e") {
+        authorization(&bench, hot).await?;
+    }
+    if wanted("f") {
+        credentials(&bench).await?;
+    }
 
     let rss = process::peak_rss_kib(bench.webhook.id()).unwrap_or_default();
     println!("\npatrol-webhook peak RSS: {:.1} MiB", rss as f64 / 1024.0);

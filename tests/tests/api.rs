@@ -21,7 +21,10 @@ fn resource(kind: &str) -> ApiResource {
         "PersonalAccessToken" => ("patrol.dev", "v1alpha1", "personalaccesstokens"),
         "TokenPolicy" => ("patrol.dev", "v1alpha1", "tokenpolicies"),
         "TokenScope" => ("patrol.dev", "v1alpha1", "tokenscopes"),
-        // What the workload example runs alongside its token.
+        "CredentialProvider" => ("patrol.dev", "v1alpha1", "credentialproviders"),
+        // What the workload and credentials examples run alongside their tokens.
+        "Role" => ("rbac.authorization.k8s.io", "v1", "roles"),
+        "RoleBinding" => ("rbac.authorization.k8s.io", "v1", "rolebindings"),
         "ServiceAccount" => ("", "v1", "serviceaccounts"),
         "Job" => ("batch", "v1", "jobs"),
         other => panic!("unknown kind {other}: add it here to apply the example"),
@@ -120,7 +123,9 @@ async fn examples_apply_and_reapply_as_no_op() -> Result<()> {
                 .map(|t| t.kind.clone())
                 .unwrap_or_default();
             let api: Api<DynamicObject> = match kind.as_str() {
-                "TokenPolicy" | "TokenScope" => Api::all_with(client.clone(), &resource(&kind)),
+                "TokenPolicy" | "TokenScope" | "CredentialProvider" => {
+                    Api::all_with(client.clone(), &resource(&kind))
+                }
                 _ => Api::namespaced_with(client.clone(), &ns.name, &resource(&kind)),
             };
             let name = obj.name_any();
@@ -146,7 +151,7 @@ async fn examples_apply_and_reapply_as_no_op() -> Result<()> {
                     "re-applying {what} changed it"
                 );
             }
-            if kind == "TokenPolicy" || kind == "TokenScope" {
+            if ["TokenPolicy", "TokenScope", "CredentialProvider"].contains(&kind.as_str()) {
                 applied_policies.push((kind, name));
             }
             count += 1;

@@ -182,7 +182,10 @@ async fn exchanges_return_credentials_that_end_with_the_token() -> Result<()> {
         cluster,
         &service.pats,
         &service.records,
-        OperatorOptions::default(),
+        OperatorOptions {
+            args: vec!["--credential-provider-status=true".into()],
+            ..OperatorOptions::default()
+        },
     )?;
     let client = cluster.client().await?;
     let ns = service.pats.name.clone();
@@ -605,7 +608,10 @@ async fn exchanges_return_credentials_that_end_with_the_token() -> Result<()> {
     story
         .secrets
         .push(field(&r.body, "db_password")?.to_owned());
-    assert_eq!(story.roles_with_prefix(&brief_user)?, [brief_user.clone()]);
+    assert_eq!(
+        story.roles_with_prefix(&brief_user)?,
+        vec![brief_user.clone()]
+    );
     eventually(Duration::from_secs(20), || async {
         ensure!(
             story.roles_with_prefix(&brief_user)?.is_empty(),

@@ -436,14 +436,9 @@ pub fn decide(
 
     let granted: Vec<&str> = record.scopes().collect();
     let (credentials, requested) = split_credentials(request.scope.as_deref());
-    // Asking for credentials is a request, not a narrowing: a token without scopes may do
-    // all its owner may, credentials included; a scoped one needs the `credentials` scope.
-    if credentials.is_some() && record.is_scoped() && !granted.contains(&CREDENTIALS_SCOPE) {
-        return Err(OAuthError::new(
-            ErrorCode::InvalidScope,
-            "this token does not hold the credentials scope",
-        ));
-    }
+    let credentials = credentials
+        .map(|asked| entitled_credentials(record.is_scoped(), &granted, asked))
+        .transpose()?;
     let scopes: Vec<&str> = match requested {
         None => granted,
         Some(requested) => {
@@ -513,6 +508,39 @@ pub fn decide(
         expires_in: lifetime,
         credentials,
     })
+}
+
+/// What of the asked-for credentials the token may have. Asking is a request, not a
+/// narrowing: a token without scopes may do all its owner may, credentials included; a
+/// scoped one needs the `credentials` scope, or `credentials:<provider>` for one provider.
+fn entitled_credentials(
+    scoped: bool,
+    granted: &[&str],
+    asked: CredentialsRequest,
+) -> Result<CredentialsRequest, OAuthError> {
+    if !scoped || granted.contains(&CREDENTIALS_SCOPE) {
+        return Ok(asked);
+    }
+    let held: Vec<String> = granted
+        .iter()
+        .filter_map(|s| s.strip_prefix("credentials:"))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let refused = || {
+        OAuthError::new(
+            ErrorCode::InvalidScope,
+            "this token does not hold the credentials scope for what was asked",
+        )
+    };
+    match asked {
+        CredentialsRequest::All if held.is_empty() => Err(refused()),
+        CredentialsRequest::All => Ok(CredentialsRequest::Providers(held)),
+        CredentialsRequest::Providers(names) if names.iter().all(|n| held.contains(n)) => {
+            Ok(CredentialsRequest::Providers(names))
+        }
+        CredentialsRequest::Providers(_) => Err(refused()),
+    }
 }
 
 /// Separates the credential requests (`credentials`, `credentials:<provider>`) from the
@@ -685,6 +713,25 @@ mod tests {
 
         // Not asked: none.
         assert_eq!(decide_with(&holder, "", None).unwrap().credentials, None);
+
+        // Holding one provider's scope: that provider only.
+        let one = indexed(|r| r.scopes = vec!["credentials:analytics".into(), "read:pods".into()]);
+        assert_eq!(
+            decide_with(&one, "&scope=credentials", None)
+                .unwrap()
+                .credentials,
+            Some(CredentialsRequest::Providers(vec!["analytics".into()]))
+        );
+        assert_eq!(
+            decide_with(&one, "&scope=credentials%3Aanalytics", None)
+                .unwrap()
+                .credentials,
+            Some(CredentialsRequest::Providers(vec!["analytics".into()]))
+        );
+        assert_eq!(
+            code(decide_with(&one, "&scope=credentials%3Aci", None)),
+            ErrorCode::InvalidScope
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ impl Issuer {
     /// Mints associated credentials from these providers when a client asks.
     pub fn with_credentials(mut self, minting: CredentialMinting) -> Self {
         self.credentials = Some(minting);
+        self.metadata.scopes_supported = vec![patrol_api::v1alpha1::CREDENTIALS_SCOPE];
         self
     }
 
@@ -256,12 +257,13 @@ impl Issuer {
             .namespace_labels(record.pat_namespace())
             .await
             .map_err(|e| {
+                self.metrics.record_credentials("unavailable", std::time::Duration::ZERO);
                 warn!(token_id = %record.id, error = %e, "namespace labels unavailable for credentials");
                 OAuthError::unavailable("the token's namespace cannot be read right now; retry shortly")
             })?;
         let owner = record.owner();
         let subject = Subject {
-            token_id: &record.id.to_string(),
+            token_id: record.id.as_ref(),
             pat: record.pat(),
             owner: &owner,
             service_account: record

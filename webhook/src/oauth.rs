@@ -151,7 +151,8 @@ pub struct ProviderMetadata {
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
     pub claims_supported: Vec<&'static str>,
     /// Scopes with a meaning of their own here: `credentials` asks for associated
-    /// credentials (every other scope is a PAT's own).
+    /// credentials (every other scope is a PAT's own); absent when credentials are off.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scopes_supported: Vec<&'static str>,
     /// The audience of exchanged tokens when the request names none and the PAT has no
     /// default (Patrol's extension; absent when the service has none).
@@ -187,7 +188,8 @@ impl ProviderMetadata {
                 crate::exchange::CLAIM_TOKEN_ID,
                 crate::exchange::CLAIM_PAT,
             ],
-            scopes_supported: vec![patrol_api::v1alpha1::CREDENTIALS_SCOPE],
+            // Set by the issuer when it mints credentials.
+            scopes_supported: Vec::new(),
             patrol_default_audience: settings.default_audience.clone(),
         }
     }

@@ -108,6 +108,9 @@ pub struct PostgresProvider {
     /// Prefix of minted role names (default `patrol_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.startsWith('pg_')", "message": "spec.postgres.rolePrefix must not start with pg_: PostgreSQL reserves those role names"},
+    ]))]
     pub role_prefix: Option<String>,
 }
 
