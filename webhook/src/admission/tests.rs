@@ -965,6 +965,48 @@ async fn another_owner_needs_permission_to_impersonate_them() {
 }
 
 #[tokio::test]
+async fn a_credentials_service_account_needs_an_owner_who_may_impersonate_it() {
+    let w = world();
+    let spec = json!({
+        "displayName": "deploy", "owner": {"username": "alice", "uid": "alice-uid", "groups": ["dev"]},
+        "credentials": {"serviceAccount": {"name": "deployer"}},
+    });
+    let response = create(&w, &alice(), spec.clone()).await;
+    assert_denied(
+        &response,
+        403,
+        "spec.credentials.serviceAccount",
+        &["may not impersonate ServiceAccount", "impersonate on serviceaccounts"],
+    );
+    // Asked as the owner, about the ServiceAccount in the PAT's namespace.
+    let deployer = Impersonated::ServiceAccount {
+        namespace: "team-a".into(),
+        name: "deployer".into(),
+    };
+    assert_eq!(
+        w.reviewer.asked.lock().unwrap().last().cloned(),
+        Some((Some("alice".into()), deployer.clone()))
+    );
+    w.allow(deployer);
+    assert_allowed(&create(&w, &alice(), spec).await);
+
+    // Undecidable: refused for now.
+    w.reviewer
+        .failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let other = json!({
+        "displayName": "ops", "owner": {"username": "alice", "uid": "alice-uid", "groups": ["dev"]},
+        "credentials": {"serviceAccount": {"name": "ops", "namespace": "prod"}},
+    });
+    assert_denied(
+        &create(&w, &alice(), other).await,
+        503,
+        "spec.credentials.serviceAccount",
+        &["could not be checked", "retry"],
+    );
+}
+
+#[tokio::test]
 async fn unanswerable_permission_checks_refuse_for_now() {
     let w = world();
     w.reviewer
