@@ -69,8 +69,9 @@ pub struct ExchangeGrant {
     pub max_ttl_seconds: u64,
 }
 
-/// A token as the validators see it. Holds the argon2id hash, never the token.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// A token as the validators see it. Holds the argon2id hash, never the token; its Debug
+/// output leaves the hash out, so debug logs cannot carry it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRecord {
     pub token_id: String,
@@ -106,6 +107,26 @@ pub struct TokenRecord {
     /// rotate twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_request: Option<String>,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("token_id", &self.token_id)
+            .field("hash", &"<redacted>")
+            .field("hint", &self.hint)
+            .field("owner", &self.owner)
+            .field("scopes", &self.scopes)
+            .field("scoped", &self.scoped)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("idle_timeout_seconds", &self.idle_timeout_seconds)
+            .field("pat", &self.pat)
+            .field("exchange", &self.exchange)
+            .field("service_account", &self.service_account)
+            .field("rotation_request", &self.rotation_request)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +266,14 @@ mod tests {
             service_account: None,
             rotation_request: None,
         }
+    }
+
+    #[test]
+    fn debug_output_leaves_the_hash_out() {
+        let record = sample();
+        let text = format!("{record:?}");
+        assert!(!text.contains(&record.hash), "{text}");
+        assert!(text.contains(&record.token_id), "{text}");
     }
 
     #[test]

@@ -128,6 +128,9 @@ pub struct Plan {
 
 pub use patrol_api::v1alpha1::{DELIVERED, EXPIRING_SOON, POLICY_COMPLIANT, READY};
 
+/// How far ahead of this clock another replica's `lastUsedAt` may be and still count.
+pub const CLOCK_SKEW_SECONDS: i64 = 300;
+
 /// The record a freshly issued token gets: claims from the spec, narrowed by policy.
 pub fn new_record(
     pat: &PersonalAccessToken,
@@ -554,11 +557,14 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     let (desired, _held_back) = narrow_only(current, &wanted);
     out.status.expires_at = desired.expires_at.map(to_k8s);
 
-    // Expiry and idle timeout end the token.
+    // Expiry and idle timeout end the token. A last use later than now (beyond clock skew)
+    // is not believed: status is writable by others, and a date far ahead would hold the
+    // idle timeout off for ever.
     let last_used = old
         .last_used_at
         .as_ref()
         .map(from_k8s)
+        .filter(|at| *at <= now + chrono::Duration::seconds(CLOCK_SKEW_SECONDS))
         .unwrap_or(current.issued_at)
         .max(current.issued_at);
     let idle_deadline = desired
@@ -1792,6 +1798,9 @@ mod tests {
         let (case, a) = used(None, ago(30 * MIN));
         assert_eq!(a.idle_timeout_seconds, Some(3_600));
         alive("issued recently, never used", case, 30 * MIN);
+        // Whoever may write status cannot hold the timeout off with a date ahead.
+        let (case, _) = used(Some(ago(-3_650 * DAY)), ago(2 * DAY));
+        ended("a last use ten years ahead is not believed", case);
     }
 
     #[test]

@@ -25,6 +25,9 @@ use std::{
 use chrono::{DateTime, Utc};
 use patrol_api::token::{self, TokenId};
 use tracing::{debug, warn};
+
+/// How far ahead of this clock a `lastUsedAt` written by another replica may be.
+const CLOCK_SKEW_SECONDS: i64 = 300;
 use zeroize::Zeroizing;
 
 use crate::{
@@ -410,7 +413,10 @@ impl Validator {
         // This replica has not seen a recent use; the PAT's status knows every replica's.
         match self.activity.activity(&entry.pat()).await {
             Ok(PatActivity::Exists { last_used_at }) => {
-                if let Some(at) = last_used_at {
+                // Status is writable by others: a use far ahead of now is not believed.
+                if let Some(at) = last_used_at
+                    .filter(|at| *at <= now + chrono::Duration::seconds(CLOCK_SKEW_SECONDS))
+                {
                     entry.observe_use(at);
                 }
                 if idle_check(
@@ -979,6 +985,16 @@ pub(crate) mod tests {
             Rejection::Idle.into()
         );
         assert_eq!(*h.activity.calls.lock().unwrap(), 2);
+
+        // A last use far ahead (status is writable by others) is not believed.
+        *h.activity.answer.lock().unwrap() = Some(Ok(PatActivity::Exists {
+            last_used_at: Some(Utc::now() + chrono::Duration::days(3_650)),
+        }));
+        let (forged, _) = h.issue(idle);
+        assert_eq!(
+            h.check(forged.expose_secret()).await.unwrap_err(),
+            Rejection::Idle.into()
+        );
 
         // The PAT is gone.
         *h.activity.answer.lock().unwrap() = Some(Ok(PatActivity::Gone));

@@ -976,7 +976,10 @@ async fn a_credentials_service_account_needs_an_owner_who_may_impersonate_it() {
         &response,
         403,
         "spec.credentials.serviceAccount",
-        &["may not impersonate ServiceAccount", "impersonate on serviceaccounts"],
+        &[
+            "may not impersonate ServiceAccount",
+            "impersonate on serviceaccounts",
+        ],
     );
     // Asked as the owner, about the ServiceAccount in the PAT's namespace.
     let deployer = Impersonated::ServiceAccount {
