@@ -106,6 +106,23 @@ pub struct Target {
 }
 
 impl Target {
+    /// A target with TLS verified against the system's roots (the admin Secret's `ca.crt`
+    /// is filled in when connecting) or without TLS.
+    pub fn new(host: &str, port: u16, database: &str, tls: bool) -> Self {
+        Self {
+            host: host.to_owned(),
+            port,
+            database: database.to_owned(),
+            ssl: if tls {
+                SslMode::VerifyFull { ca_pem: None }
+            } else {
+                SslMode::Disable
+            },
+        }
+    }
+}
+
+impl Target {
     /// `host:port`, for messages.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)

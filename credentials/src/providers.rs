@@ -493,16 +493,7 @@ impl Providers {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Issued, MintError> {
-        let target = Target {
-            host: spec.host.clone(),
-            port: spec.port(),
-            database: spec.database.clone(),
-            ssl: if spec.tls() {
-                SslMode::VerifyFull { ca_pem: None }
-            } else {
-                SslMode::Disable
-            },
-        };
+        let target = Target::new(&spec.host, spec.port(), &spec.database, spec.tls());
         let admin = self
             .admins
             .get(&target, &spec.admin_secret.name)

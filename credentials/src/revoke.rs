@@ -14,7 +14,7 @@ use patrol_api::lease::{self, Lease, Leased};
 use tracing::{info, warn};
 
 use crate::{
-    postgres::{PostgresError, SslMode, Target},
+    postgres::{PostgresError, Target},
     providers::AdminPool,
     service_account,
 };
@@ -54,16 +54,7 @@ pub async fn revoke(
             tls,
             role,
         } => {
-            let target = Target {
-                host: host.clone(),
-                port: *port,
-                database: database.clone(),
-                ssl: if *tls {
-                    SslMode::VerifyFull { ca_pem: None }
-                } else {
-                    SslMode::Disable
-                },
-            };
+            let target = Target::new(host, *port, database, *tls);
             let admin = admins.get(&target, admin_secret).await?;
             if let Err(source) = admin.drop_user(role).await {
                 admins.forget(&target, admin_secret).await;

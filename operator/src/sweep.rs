@@ -51,14 +51,18 @@ pub async fn sweep_once(
 ) -> Result<Duration, kube::Error> {
     // Leases before records: a lease minted after the record list would look orphaned.
     let leases = revoke::list(client, namespace, &lease::selector()).await?;
-    let records: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let live: HashSet<String> = records
-        .list_metadata(&ListParams::default().labels(&record::selector()))
-        .await?
-        .items
-        .iter()
-        .filter_map(|s| s.labels().get(record::TOKEN_ID_LABEL).cloned())
-        .collect();
+    // No leases, nothing to judge: skip listing the records.
+    let live: HashSet<String> = if leases.is_empty() {
+        HashSet::new()
+    } else {
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .list_metadata(&ListParams::default().labels(&record::selector()))
+            .await?
+            .items
+            .iter()
+            .filter_map(|s| s.labels().get(record::TOKEN_ID_LABEL).cloned())
+            .collect()
+    };
     let now = Utc::now();
     let sweep = revoke::sweep(client, admins, namespace, leases, &live, now).await;
     if sweep.expired + sweep.orphaned > 0 {
